@@ -1,0 +1,164 @@
+"""Key-value stores: LevelDB (plyvel) for services, an in-memory one for tests.
+
+Every service owns one store under ``<node>/data/<service>``. All writes that
+must land together go through one :class:`WriteBatch` (LevelDB write batches
+are atomic). Keys are never built ad hoc: each store has a ``schema`` module
+beside its service that builds every key.
+
+Staging (used by snapshot restore): a store can be built in a sibling
+directory and swapped in with :func:`swap_directories`, which renames
+atomically on one filesystem.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import plyvel
+
+from pycita.errors import PycitaError
+
+
+class StorageError(PycitaError):
+    """Raised when a store cannot be opened, read or written (path and cause included)."""
+
+
+class WriteBatch(Protocol):
+    def put(self, key: bytes, value: bytes, /) -> None: ...
+
+    def delete(self, key: bytes, /) -> None: ...
+
+
+class KV(Protocol):
+    """What domain code needs from a store."""
+
+    def get(self, key: bytes, /) -> bytes | None: ...
+
+    def put(self, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, key: bytes) -> None: ...
+
+    def write(self, puts: dict[bytes, bytes], deletes: list[bytes] | None = None) -> None: ...
+
+    def iterate(self, prefix: bytes = b"", start: bytes | None = None, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def close(self) -> None: ...
+
+
+class LevelDB:
+    """A plyvel database; ``write`` applies puts and deletes in one atomic batch."""
+
+    def __init__(self, path: str | os.PathLike[str], create: bool = True) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = plyvel.DB(str(self.path), create_if_missing=create, lru_cache_size=64 << 20,
+                                 write_buffer_size=32 << 20)
+        except plyvel.Error as exc:
+            raise StorageError(f"cannot open LevelDB at {self.path}: {exc}") from exc
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes, /) -> bytes | None:
+        return self._db.get(key)  # type: ignore[no-any-return]
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._db.put(key, value)
+
+    def delete(self, key: bytes) -> None:
+        self._db.delete(key)
+
+    def write(self, puts: dict[bytes, bytes], deletes: list[bytes] | None = None, sync: bool = False) -> None:
+        with self._db.write_batch(sync=sync) as wb:
+            for k in deletes or ():
+                wb.delete(k)
+            for k, v in puts.items():
+                wb.put(k, v)
+
+    def batch(self, sync: bool = False) -> plyvel._plyvel.WriteBatch:
+        """A write batch context manager (committed on exit)."""
+        return self._db.write_batch(sync=sync)
+
+    def iterate(self, prefix: bytes = b"", start: bytes | None = None, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        if start is not None:
+            it = self._db.iterator(start=start, prefix=None, reverse=reverse) if not prefix else \
+                self._db.iterator(start=start, stop=_prefix_end(prefix), reverse=reverse)
+        else:
+            it = self._db.iterator(prefix=prefix or None, reverse=reverse)
+        with it:
+            yield from it
+
+    def snapshot(self) -> plyvel._plyvel.Snapshot:
+        """A consistent read view (LevelDB snapshot)."""
+        return self._db.snapshot()
+
+    def close(self) -> None:
+        if not self._db.closed:
+            self._db.close()
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    p = bytearray(prefix)
+    while p:
+        if p[-1] < 0xFF:
+            p[-1] += 1
+            return bytes(p)
+        p.pop()
+    return None
+
+
+class MemoryKV:
+    """A dict-backed store with the same interface, for tests and tools."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes, /) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.data[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.data.pop(key, None)
+
+    def write(self, puts: dict[bytes, bytes], deletes: list[bytes] | None = None, sync: bool = False) -> None:
+        for k in deletes or ():
+            self.data.pop(k, None)
+        self.data.update(puts)
+
+    def iterate(self, prefix: bytes = b"", start: bytes | None = None, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        keys = sorted((k for k in self.data if k.startswith(prefix)), reverse=reverse)
+        for k in keys:
+            if start is not None and ((k < start) if not reverse else (k > start)):
+                continue
+            yield k, self.data[k]
+
+    def close(self) -> None:
+        pass
+
+
+def swap_directories(live: Path, staged: Path, backup: Path) -> None:
+    """Make ``staged`` live: ``live`` -> ``backup``, ``staged`` -> ``live`` (renames on one filesystem).
+
+    The caller records its intent durably before calling (see the restore
+    journal), so a crash between the two renames is rolled forward at start-up.
+    """
+    if backup.exists():
+        shutil.rmtree(backup)
+    if live.exists():
+        os.replace(live, backup)
+    os.replace(staged, live)
+    fsync_dir(live.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
