@@ -90,26 +90,23 @@ def ensure_vhost(name: str) -> None:
     """
     if not name:
         raise BrokerError("vhost name must not be empty")
-    if name not in list_vhosts():
-        try:
-            rabbitmqctl("add_vhost", name)
-        except BrokerError as exc:
-            # Lost a race with a concurrent creator: fine if it exists now.
-            if name not in list_vhosts():
-                raise exc
-        log.info("created RabbitMQ vhost %s", name)
+    try:
+        rabbitmqctl("add_vhost", name)  # idempotent on RabbitMQ >= 3.8
+    except BrokerError:
+        # Older brokers refuse an existing vhost; so does a lost creation race.
+        if name not in list_vhosts():
+            raise
     rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
 
 
 def delete_vhost(name: str) -> None:
     """Delete vhost ``name`` with all its exchanges, queues and messages; no error if it is absent."""
-    if name not in list_vhosts():
-        return
     try:
         rabbitmqctl("delete_vhost", name)
     except BrokerError:
         if name in list_vhosts():
             raise
+        return
     log.info("deleted RabbitMQ vhost %s", name)
 
 

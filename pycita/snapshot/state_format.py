@@ -1,0 +1,474 @@
+"""The executor snapshot file (``FILE_executor.rlp``): the state at H, then headers 1..H.
+
+Container: see :mod:`pycita.snapshot.container`. State chunks come first,
+then header chunks; each section is contiguous.
+
+State chunk payload (uncompressed): a list of *fat RLP* accounts::
+
+    [[address, [nonce, balance, code_state, code, abi_state, abi, [[key, value], ...]]], ...]
+
+* ``address``: 20 bytes; accounts strictly ascending by address across the
+  file (the pieces of a split account are consecutive, see below).
+* ``nonce``, ``balance``: canonical RLP integers.
+* ``code_state`` / ``abi_state`` (:class:`BlobState`): 0 empty (``code`` is
+  ``b''``), 1 inline (``code`` is the non-empty bytes), 2 by hash (``code``
+  is keccak-256 of bytes emitted inline *earlier in this file*, as code or
+  as ABI). A writer emits each distinct blob inline once per file, the first
+  time it is needed, and by hash afterwards.
+* storage: the account's ``[key, value]`` pairs, raw bytes, values non-empty,
+  keys strictly ascending (across pieces).
+
+Split accounts: an account whose fat RLP would not fit a chunk
+(:data:`~pycita.snapshot.container.CHUNK_PAYLOAD_LIMIT`) is written as several
+consecutive fat RLPs with the same address ("pieces"). Every piece repeats
+the same ``nonce`` and ``balance`` and names the same code and ABI: the first
+piece carries them as any account would (inline or by hash), continuation
+pieces always by hash (state 2) or empty (state 0). Continuation pieces hold
+at least one storage pair; the storage keys keep ascending across pieces.
+A reader must check the repeated fields agree (:mod:`pycita.snapshot.verify`
+does). A single storage pair larger than the limit stands in its own chunk
+(bounded by :data:`~pycita.snapshot.container.MAX_CHUNK_PAYLOAD`).
+
+Header chunk payload::
+
+    [parent_number, parent_hash, header, header, ...]
+
+as the chain file's chunks but with bare header lists (heights 1..H).
+
+Manifest, version 1 (exactly these 10 items)::
+
+    [0 version=1, 1 [state ChunkInfo...], 2 [block ChunkInfo...], 3 state_root,
+     4 block_number (H), 5 block_hash, 6 chain_id, 7 genesis_hash,
+     8 account_count, 9 created_at]
+
+``account_count`` counts distinct addresses (verified exactly).
+Informational fields (:data:`EXECUTOR_INFORMATIONAL_FIELDS`): only
+``created_at`` (item 9, unix milliseconds).
+
+Dedupe memory: writer and verifier keep the set of hashes of blobs emitted
+inline (32 bytes per distinct code/ABI); nothing else grows with the state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Final
+
+import rlp
+
+from pycita.crypto import EMPTY_KECCAK, Address, Hash32, keccak
+from pycita.genesis import Genesis
+from pycita.snapshot.chain_format import decode_header, parse_chunk_parent
+from pycita.snapshot.container import (
+    CHUNK_PAYLOAD_LIMIT,
+    Chunker,
+    ChunkInfo,
+    ChunkReader,
+    ChunkWriter,
+    ProgressFn,
+    ReadProgress,
+    decode_bytes,
+    decode_list,
+    decode_uint,
+    encode_bytes,
+    encode_list,
+    encode_uint,
+)
+from pycita.snapshot.errors import (
+    ChunkDecodeError,
+    HeaderChainBroken,
+    ManifestError,
+    OrderError,
+    SnapshotError,
+    StateRootMismatch,
+)
+from pycita.trie import build_from_sorted
+from pycita.types import Account, Header, Height
+
+__all__ = [
+    "EXECUTOR_FORMAT_VERSION",
+    "EXECUTOR_INFORMATIONAL_FIELDS",
+    "AccountSource",
+    "BlobState",
+    "ExecutorFileReader",
+    "ExecutorManifest",
+    "FatAccount",
+    "HeaderEntry",
+    "account_rlp",
+    "read_executor_manifest",
+    "write_state_file",
+]
+
+logger = logging.getLogger(__name__)
+
+EXECUTOR_FORMAT_VERSION: Final[int] = 1
+EXECUTOR_MANIFEST_ITEMS: Final[int] = 10
+EXECUTOR_INFORMATIONAL_FIELDS: Final[dict[int, str]] = {9: "created_at"}
+"""Manifest item index -> name of the fields restore and verification do not use."""
+
+_PIECE_SLACK: Final[int] = 16  # room for the chunk's own list header
+
+AccountSource = tuple[Address, Account, bytes, bytes, Iterable[tuple[bytes, bytes]]]
+"""What :func:`write_state_file` takes per account: address, Account, code, abi, storage pairs (ascending)."""
+
+
+class BlobState(IntEnum):
+    EMPTY = 0
+    INLINE = 1
+    HASH = 2
+
+
+@dataclass(frozen=True)
+class ExecutorManifest:
+    version: int
+    state_chunks: tuple[ChunkInfo, ...]
+    block_chunks: tuple[ChunkInfo, ...]
+    state_root: Hash32
+    block_number: Height
+    block_hash: Hash32
+    chain_id: int
+    genesis_hash: Hash32
+    account_count: int
+    created_at: int
+
+    def to_rlp(self) -> list[Any]:
+        return [self.version, [c.to_rlp() for c in self.state_chunks], [c.to_rlp() for c in self.block_chunks],
+                self.state_root, self.block_number, self.block_hash, self.chain_id, self.genesis_hash,
+                self.account_count, self.created_at]
+
+    @classmethod
+    def from_reader(cls, reader: ChunkReader) -> ExecutorManifest:
+        m = reader.manifest
+        f = reader.name
+        if len(m) != EXECUTOR_MANIFEST_ITEMS:
+            raise ManifestError("executor manifest has the wrong number of items", file=f,
+                                expected=EXECUTOR_MANIFEST_ITEMS, actual=len(m))
+        created = decode_bytes(m[9], "created_at", ManifestError, file=f)
+        return cls(
+            version=reader.version,
+            state_chunks=reader.tables[0],
+            block_chunks=reader.tables[1],
+            state_root=Hash32(decode_bytes(m[3], "state_root", ManifestError, 32, file=f)),
+            block_number=Height(decode_uint(m[4], "block_number", ManifestError, file=f)),
+            block_hash=Hash32(decode_bytes(m[5], "block_hash", ManifestError, 32, file=f)),
+            chain_id=decode_uint(m[6], "chain_id", ManifestError, file=f),
+            genesis_hash=Hash32(decode_bytes(m[7], "genesis_hash", ManifestError, 32, file=f)),
+            account_count=decode_uint(m[8], "account_count", ManifestError, file=f),
+            created_at=int.from_bytes(created, "big"),  # informational: not checked
+        )
+
+
+@dataclass(frozen=True)
+class FatAccount:
+    """One fat RLP (an account, or one piece of a split account), shape-validated."""
+
+    chunk: int
+    address: Address
+    nonce: int
+    balance: int
+    code_state: BlobState
+    code: bytes
+    abi_state: BlobState
+    abi: bytes
+    storage: tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True)
+class HeaderEntry:
+    """One header of the executor file's header chunks, shape-validated."""
+
+    chunk: int
+    header: Header
+    hash: Hash32
+    chunk_parent: tuple[int, Hash32] | None
+    """``(parent_number, parent_hash)`` declared by the chunk, on its first header only."""
+
+    @property
+    def number(self) -> int:
+        return int(self.header.number)
+
+
+def account_rlp(nonce: int, balance: int, storage_root: bytes, code_hash: bytes, abi_hash: bytes) -> bytes:
+    """RLP of :class:`pycita.types.Account` (the state trie value), built without pyrlp."""
+    return encode_list([encode_uint(nonce), encode_uint(balance), encode_bytes(storage_root),
+                        encode_bytes(code_hash), encode_bytes(abi_hash)])
+
+
+def read_executor_manifest(path: str | os.PathLike[str]) -> ExecutorManifest:
+    """The manifest of an executor file (reads only the trailer and the manifest)."""
+    with ChunkReader(path, chunk_tables=(1, 2), versions=(EXECUTOR_FORMAT_VERSION,)) as reader:
+        return ExecutorManifest.from_reader(reader)
+
+
+def _blob(state_raw: object, data_raw: object, what: str, file: str, chunk: int) -> tuple[BlobState, bytes]:
+    state = decode_uint(state_raw, f"{what}_state", ChunkDecodeError, file=file, chunk=chunk)
+    data = decode_bytes(data_raw, what, ChunkDecodeError, file=file, chunk=chunk)
+    if state == BlobState.EMPTY:
+        if data:
+            raise ChunkDecodeError(f"{what}_state 0 (empty) with {len(data)} bytes", file=file, chunk=chunk)
+    elif state == BlobState.INLINE:
+        if not data:
+            raise ChunkDecodeError(f"{what}_state 1 (inline) with no bytes", file=file, chunk=chunk)
+    elif state == BlobState.HASH:
+        if len(data) != 32:
+            raise ChunkDecodeError(f"{what}_state 2 (hash) needs 32 bytes", file=file, chunk=chunk,
+                                   expected=32, actual=len(data))
+    else:
+        raise ChunkDecodeError(f"{what}_state must be 0, 1 or 2", file=file, chunk=chunk, actual=state)
+    return BlobState(state), data
+
+
+def decode_fat_account(raw: object, *, file: str, chunk: int) -> FatAccount:
+    """A decoded fat RLP -> :class:`FatAccount` or :class:`ChunkDecodeError`."""
+    item = decode_list(raw, "fat account", ChunkDecodeError, 2, file=file, chunk=chunk)
+    address = decode_bytes(item[0], "address", ChunkDecodeError, 20, file=file, chunk=chunk)
+    body = decode_list(item[1], "fat account body", ChunkDecodeError, 7, file=file, chunk=chunk)
+    nonce = decode_uint(body[0], "nonce", ChunkDecodeError, file=file, chunk=chunk)
+    balance = decode_uint(body[1], "balance", ChunkDecodeError, file=file, chunk=chunk)
+    code_state, code = _blob(body[2], body[3], "code", file, chunk)
+    abi_state, abi = _blob(body[4], body[5], "abi", file, chunk)
+    pairs = body[6]
+    if type(pairs) is not list:
+        raise ChunkDecodeError("storage must be a list", file=file, chunk=chunk)
+    storage = []
+    for p in pairs:
+        if type(p) is not list or len(p) != 2 or type(p[0]) is not bytes or type(p[1]) is not bytes:
+            raise ChunkDecodeError("storage item must be [key, value]", file=file, chunk=chunk)
+        if not p[1]:
+            raise ChunkDecodeError(f"storage key 0x{p[0].hex()} has an empty value", file=file, chunk=chunk)
+        storage.append((p[0], p[1]))
+    return FatAccount(chunk, Address(address), nonce, balance, code_state, code, abi_state, abi, tuple(storage))
+
+
+class ExecutorFileReader:
+    """Streams the fat accounts and then the headers of an executor file, one chunk at a time."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.reader = ChunkReader(path, chunk_tables=(1, 2), versions=(EXECUTOR_FORMAT_VERSION,))
+        try:
+            self.manifest = ExecutorManifest.from_reader(self.reader)
+        except BaseException:
+            self.reader.close()
+            raise
+        self.name = self.reader.name
+
+    @property
+    def file_size(self) -> int:
+        return self.reader.file_size
+
+    def _progress(self, progress: ProgressFn | None, index: int) -> None:
+        if progress is not None:
+            info = self.reader.chunks[index]
+            progress(ReadProgress(self.name, index, len(self.reader.chunks), info.offset + info.length,
+                                  self.reader.manifest_offset))
+
+    def accounts(self, progress: ProgressFn | None = None) -> Iterator[FatAccount]:
+        """Every fat RLP of the state chunks in file order (pieces of a split account consecutive)."""
+        name = self.name
+        for index in range(len(self.manifest.state_chunks)):
+            items = self.reader.read_chunk(index, prefix_items=0)
+            if not items:
+                raise ChunkDecodeError("state chunk holds no account", file=name, chunk=index)
+            for raw in items:
+                yield decode_fat_account(raw, file=name, chunk=index)
+            self._progress(progress, index)
+
+    def headers(self, progress: ProgressFn | None = None) -> Iterator[HeaderEntry]:
+        """Every header of the header chunks in file order (chunk indexes follow the state chunks)."""
+        name = self.name
+        first_index = len(self.manifest.state_chunks)
+        for index in range(first_index, first_index + len(self.manifest.block_chunks)):
+            items = self.reader.read_chunk(index, prefix_items=2)
+            parent = parse_chunk_parent(items, file=name, chunk=index)
+            first = True
+            for raw in items[2:]:
+                header, block_hash = decode_header(raw, file=name, chunk=index)
+                yield HeaderEntry(index, header, block_hash, parent if first else None)
+                first = False
+            self._progress(progress, index)
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> ExecutorFileReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _StateEmitter:
+    """Turns account sources into fat RLP pieces; yields (address, account RLP) for the root check."""
+
+    def __init__(self, chunker: Chunker, name: str, check_roots: bool) -> None:
+        self.chunker = chunker
+        self.name = name
+        self.check_roots = check_roots
+        self.budget = chunker.limit - _PIECE_SLACK
+        self.emitted: set[bytes] = set()
+        self.count = 0
+        self.pieces = 0
+
+    def _first_blob(self, data: bytes, what: str, address: bytes, declared: bytes) -> tuple[bytes, bytes]:
+        digest = keccak(data) if data else EMPTY_KECCAK
+        if digest != declared:
+            raise SnapshotError(f"account 0x{address.hex()}: {what} hash does not match its bytes",
+                                file=self.name, check="write", expected=declared, actual=digest)
+        if not data:
+            return digest, encode_uint(int(BlobState.EMPTY)) + encode_bytes(b"")
+        if digest in self.emitted:
+            return digest, encode_uint(int(BlobState.HASH)) + encode_bytes(digest)
+        self.emitted.add(digest)
+        return digest, encode_uint(int(BlobState.INLINE)) + encode_bytes(data)
+
+    @staticmethod
+    def _later_blob(data: bytes, digest: bytes) -> bytes:
+        if not data:
+            return encode_uint(int(BlobState.EMPTY)) + encode_bytes(b"")
+        return encode_uint(int(BlobState.HASH)) + encode_bytes(digest)
+
+    def run(self, accounts: Iterable[AccountSource]) -> Iterator[tuple[bytes, bytes]]:
+        prev: bytes | None = None
+        for address, account, code, abi, storage in accounts:
+            if len(address) != 20:
+                raise SnapshotError(f"address 0x{address.hex()} is not 20 bytes", file=self.name, check="write")
+            if prev is not None and address <= prev:
+                raise OrderError("accounts must be strictly ascending by address", file=self.name,
+                                 expected=f"> 0x{prev.hex()}", actual=address)
+            prev = address
+            self.count += 1
+            code_hash, code_first = self._first_blob(code, "code", address, account.code_hash)
+            abi_hash, abi_first = self._first_blob(abi, "abi", address, account.abi_hash)
+            later = self._later_blob(code, code_hash) + self._later_blob(abi, abi_hash)
+            pairs = self._pieces(address, encode_uint(account.nonce) + encode_uint(account.balance),
+                                 code_first + abi_first, later, storage)
+            if self.check_roots:
+                try:
+                    root = build_from_sorted(pairs, _discard)
+                except ValueError as e:
+                    raise OrderError(f"account 0x{address.hex()}: {e}", file=self.name) from e
+                if root != account.storage_root:
+                    raise StateRootMismatch(f"account 0x{address.hex()}: storage pairs do not match its "
+                                            "storage_root", file=self.name, expected=account.storage_root,
+                                            actual=root)
+            else:
+                for _ in pairs:
+                    pass
+            yield address, account_rlp(account.nonce, account.balance, account.storage_root, code_hash, abi_hash)
+
+    def _pieces(self, address: bytes, nonce_balance: bytes, first_blobs: bytes, later_blobs: bytes,
+                storage: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+        """Pass ``storage`` through while packing it into pieces of at most ``budget`` bytes."""
+        enc_address = encode_bytes(address)
+        base = len(enc_address) + len(nonce_balance) + 27  # three list headers of at most 9 bytes
+        blobs = first_blobs
+        size = base + len(blobs)
+        encoded: list[bytes] = []
+        first = True
+        last_key: bytes | None = None
+        for key, value in storage:
+            if last_key is not None and key <= last_key:
+                raise OrderError(f"account 0x{address.hex()}: storage keys must be strictly ascending",
+                                 file=self.name, expected=f"> 0x{last_key.hex()}", actual=key)
+            if not value:
+                raise SnapshotError(f"account 0x{address.hex()}: storage key 0x{key.hex()} has an empty value",
+                                    file=self.name, check="write")
+            last_key = key
+            pair = encode_list([encode_bytes(key), encode_bytes(value)])
+            if size + len(pair) > self.budget and (encoded or first):
+                self._emit(enc_address, nonce_balance, blobs, encoded)
+                first = False
+                blobs = later_blobs
+                encoded = []
+                size = base + len(blobs)
+            encoded.append(pair)
+            size += len(pair)
+            yield key, value
+        if encoded or first:
+            self._emit(enc_address, nonce_balance, blobs, encoded)
+
+    def _emit(self, enc_address: bytes, nonce_balance: bytes, blobs: bytes, pairs: list[bytes]) -> None:
+        self.pieces += 1
+        self.chunker.add(encode_list([enc_address, encode_list([nonce_balance, blobs, encode_list(pairs)])]))
+
+
+def _discard(_hash: bytes, _node: bytes) -> None:
+    return None
+
+
+def write_state_file(
+    path: str | os.PathLike[str],
+    accounts: Iterable[AccountSource],
+    headers: Iterable[Header],
+    *,
+    genesis: Genesis,
+    check_roots: bool = True,
+    created_at: int | None = None,
+    chunk_limit: int = CHUNK_PAYLOAD_LIMIT,
+    fsync: bool = True,
+) -> ExecutorManifest:
+    """Write the executor file: the state at H, then headers 1..H (both streamed).
+
+    ``accounts`` yields ``(address, account, code, abi, storage_pairs)``
+    ascending by address, where ``storage_pairs`` iterates the account's
+    storage ascending by key and ``account.code_hash``/``abi_hash`` are
+    keccak of ``code``/``abi``. ``headers`` yields headers 1..H chaining from
+    ``genesis``; H and the state root come from the last one. With
+    ``check_roots`` the writer rebuilds every storage root and the state root
+    as it goes and refuses (:class:`StateRootMismatch`) to finish a file that
+    would not verify. Raises :class:`SnapshotError`; the partial file is removed.
+    """
+    name = str(path)
+    genesis_header = genesis.header()
+    with ChunkWriter(path, fsync=fsync) as writer:
+        state_chunker = Chunker(writer, chunk_limit)
+        emitter = _StateEmitter(state_chunker, name, check_roots)
+        items = emitter.run(accounts)
+        if check_roots:
+            try:
+                root = build_from_sorted(items, _discard)
+            except ValueError as e:  # pragma: no cover - order is checked by the emitter
+                raise OrderError(str(e), file=name) from e
+        else:
+            for _ in items:
+                pass
+        state_chunker.flush()
+        header_chunker = Chunker(writer, chunk_limit)
+        prev_number, prev_hash = 0, genesis_header.hash
+        state_root = genesis_header.state_root
+        for header in headers:
+            number = int(header.number)
+            if number != prev_number + 1 or header.parent_hash != prev_hash:
+                raise HeaderChainBroken("headers must chain from genesis in ascending order", file=name,
+                                        expected=(prev_number + 1, "0x" + prev_hash.hex()),
+                                        actual=(number, "0x" + header.parent_hash.hex()))
+            header_rlp = rlp.encode(header)
+            header_chunker.add(header_rlp, (encode_uint(prev_number), encode_bytes(prev_hash)))
+            prev_number, prev_hash = number, keccak(header_rlp)
+            state_root = header.state_root
+        header_chunker.flush()
+        if check_roots and root != state_root:
+            raise StateRootMismatch(f"the accounts do not hash to the state root of header {prev_number}",
+                                    file=name, expected=state_root, actual=root)
+        manifest = ExecutorManifest(
+            version=EXECUTOR_FORMAT_VERSION,
+            state_chunks=tuple(state_chunker.chunks),
+            block_chunks=tuple(header_chunker.chunks),
+            state_root=Hash32(state_root),
+            block_number=Height(prev_number),
+            block_hash=Hash32(prev_hash),
+            chain_id=genesis.chain_id,
+            genesis_hash=genesis_header.hash,
+            account_count=emitter.count,
+            created_at=int(time.time() * 1000) if created_at is None else created_at,
+        )
+        writer.finish(manifest.to_rlp())
+    logger.info("executor snapshot %s at height %d: %d accounts (%d pieces), %d state + %d header chunks",
+                name, prev_number, emitter.count, emitter.pieces, len(manifest.state_chunks),
+                len(manifest.block_chunks))
+    return manifest

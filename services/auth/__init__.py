@@ -1,0 +1,1 @@
+"""The auth service: transaction admission, the persistent pool and the dedupe window."""

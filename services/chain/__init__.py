@@ -1,0 +1,1 @@
+"""The chain service: block store, block verification, sync and chain queries."""

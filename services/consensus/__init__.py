@@ -1,0 +1,1 @@
+"""The consensus service: proposes blocks, votes and builds quorum proofs (see engine.py)."""

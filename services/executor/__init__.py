@@ -1,0 +1,1 @@
+"""The executor service: transaction execution, account state and state queries."""
