@@ -25,6 +25,9 @@ from pycita.errors import ConfigError, PycitaError
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
+AUTH_REUSED_NONCE = 5
+"""Auth's TxResult code for a (sender, nonce) pair already in the pool or the recent window."""
+REUSED_NONCE_RETRIES = 200
 
 
 class UsageError(PycitaError):
@@ -236,17 +239,30 @@ def cmd_send(args: argparse.Namespace) -> int:
     chain_id = Genesis.load(cfg.genesis_path).chain_id
     cl = clientlib.Client(f"http://{cfg.jsonrpc_host}:{cfg.jsonrpc_port}")
     wallet = clientlib.Wallet.from_node(cl, key, chain_id)
+    if args.nonce is not None:
+        wallet.nonces.set(wallet.address, args.nonce)
     until = cl.block_number() + args.valid_blocks
     kind = args.kind
-    if kind == "transfer":
-        tx = wallet.transfer(args.to, args.value, until, args.quota)
-    elif kind == "deploy":
-        tx = wallet.deploy(args.code, until, args.quota)
-    elif kind == "abi":
-        tx = wallet.set_abi(args.to, args.abi.encode(), until, args.quota)
+    for _attempt in range(REUSED_NONCE_RETRIES):
+        if kind == "transfer":
+            tx = wallet.transfer(args.to, args.value, until, args.quota)
+        elif kind == "deploy":
+            tx = wallet.deploy(args.code, until, args.quota)
+        elif kind == "abi":
+            tx = wallet.set_abi(args.to, args.abi.encode(), until, args.quota)
+        else:
+            tx = wallet.store(args.to, list(args.set), until, args.quota)
+        try:
+            tx_hash = cl.send_raw_transaction(tx)
+            break
+        except clientlib.RpcError as exc:
+            # The counter starts at the executed-transaction count; txs of this sender still in
+            # the pool (or sent with explicit nonces) hold the next ones: take the next free nonce.
+            if exc.auth_code != AUTH_REUSED_NONCE or args.nonce is not None:
+                raise
     else:
-        tx = wallet.store(args.to, list(args.set), until, args.quota)
-    tx_hash = cl.send_raw_transaction(tx)
+        raise UsageError(f"no free nonce for 0x{wallet.address.hex()} after {REUSED_NONCE_RETRIES} tries; "
+                         "pass --nonce")
     tx_hex = tx_hash if isinstance(tx_hash, str) else "0x" + bytes(tx_hash).hex()
     _out(f"sent {kind} transaction {tx_hex} from 0x{wallet.address.hex()} (nonce {tx.nonce})")
     if args.no_wait:
@@ -318,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
         who.add_argument("--key", help="hex private key that signs instead")
         sp.add_argument("--no-wait", action="store_true", help="do not wait for the receipt")
         sp.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="receipt wait")
+        sp.add_argument("--nonce", type=_parse_int, default=None,
+                        help="transaction nonce (default: the first free one from the sender's tx count)")
         sp.add_argument("--quota", type=_parse_int, default=None, help="quota (default: the intrinsic quota)")
         sp.add_argument("--valid-blocks", type=int, default=50, metavar="N",
                         help="valid until the current height + N (1..100, default: 50)")

@@ -191,9 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-interval", type=float, default=1.0, metavar="SECONDS")
     parser.add_argument("--keep", action="store_true", help="keep the chain directory afterwards")
     args = parser.parse_args(argv)
+    own_dir = args.dir is None
     directory = args.dir.resolve() if args.dir else Path(tempfile.mkdtemp(prefix="pycita-demo-"))
     try:
-        return run_demo(directory, args.tps, args.duration, args.block_interval, args.keep)
+        rc = run_demo(directory, args.tps, args.duration, args.block_interval, args.keep)
+        if own_dir and not args.keep:
+            directory.rmdir()
+        return rc
     except PycitaError as exc:
         print(f"pycita-demo: failed: {exc}", file=sys.stderr)
         return 1

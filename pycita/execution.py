@@ -5,12 +5,11 @@
 the receipts and the puts to write. The result depends only on the state and
 the block (and the chain id), never on the clock or the node.
 
-Per transaction, in order (the first failing check gives status 0 with the
-reason in ``Receipt.error``; the sender's account nonce advances in every case
-and nothing else of the transaction stays):
-
 A transaction uses ``min(quota, intrinsic quota)`` (:func:`pycita.quota.intrinsic_quota`),
-success or failure; there are no fees.
+success or failure; there are no fees. Its checks, in order (the first
+failing one gives status 0 with the reason in ``Receipt.error``; the sender's
+account nonce advances in every case and nothing else of the transaction
+stays):
 
 1. the block's ``quota_limit`` must cover the cumulative quota used (a tx past
    it fails using 0 quota);
@@ -21,13 +20,15 @@ success or failure; there are no fees.
 
    * TRANSFER: ``to`` is 20 bytes; ``value`` moves from the sender to ``to``.
    * DEPLOY: ``to`` is empty and ``data`` (the code) is not; the contract address
-     is ``keccak(rlp([sender, account_nonce_before_the_tx]))[12:]`` and must hold
-     no code and have nonce 0; ``value`` moves to the contract.
-   * SET_ABI: ``to`` is a contract (holds code) and the sender is its deployer,
-     proved by ``value`` = the account nonce the deployer had when deploying:
-     ``contract_address(sender, value) == to`` (no value moves; the deployer
-     relation is thus checkable from the account values alone, so a restored
-     snapshot enforces it too). ``data`` replaces the ABI (empty clears it).
+     is ``keccak(rlp([sender, n]))[12:]`` with ``n`` the sender's account nonce
+     before the tx; it must hold no code and have nonce 0. ``value`` moves to
+     the contract, and the contract's account nonce is set to ``n + 1`` (a
+     contract never sends, so its nonce records its deployment instead).
+   * SET_ABI: ``to`` is a contract (holds code), ``value`` is 0, and the sender
+     is its deployer: ``contract_address(sender, to.nonce - 1) == to``. The
+     deployer relation thus lives in the account values alone (a restored
+     snapshot enforces it too) and costs one hash to check. ``data`` replaces
+     the ABI (empty clears it); the deployer may set it again.
    * STORE: ``to`` is a contract; ``data`` is RLP ``[[key, value], ...]`` with
      keys of 1 to 64 bytes (an empty value deletes, later pairs win); ``value``
      moves from the sender to the contract.
@@ -225,12 +226,17 @@ def _apply(state: StateDB, tx: SignedTransaction, sender: bytes, nonce_before: i
             raise _TxFailed(f"insufficient balance: has {state.balance(sender)}, needs {value}")
         state.transfer(sender, addr, value)
         state.set_code(addr, tx.data)
+        _n, balance, storage_root, code_hash, abi_hash = state.get_account(addr)
+        state.set_account(addr, (nonce_before + 1, balance, storage_root, code_hash, abi_hash))
         return addr
     if action == Action.SET_ABI:
         if len(to) != 20 or not state.is_contract(to):
             raise _TxFailed("SET_ABI target is not a contract")
-        if contract_address(sender, value) != to:
-            raise _TxFailed("SET_ABI: only the deployer may set the ABI (value must be its deploy nonce)")
+        if value:
+            raise _TxFailed("SET_ABI must not carry a value")
+        deploy_nonce = state.nonce(to) - 1
+        if deploy_nonce < 0 or contract_address(sender, deploy_nonce) != to:
+            raise _TxFailed("SET_ABI: only the contract's deployer may set its ABI")
         state.set_abi(to, tx.data)
         return b""
     if action == Action.STORE:
@@ -252,9 +258,9 @@ def execute_block(state: StateDB, block: Block, senders: Sequence[bytes] | None 
     ``senders`` are the recovered senders, one per transaction (recovered here
     when omitted). ``chain_id``, when given, fails transactions of another
     chain. The caller writes ``result.commit.puts`` (in one batch with its own
-    keys) before using ``state`` again. Raises :class:`ExecutionError` when a
-    signature does not recover or ``senders`` has the wrong length; ``state``
-    is then unusable.
+    keys) before using ``state`` again. Raises :class:`ExecutionError` (before
+    touching ``state``) when a signature does not recover or ``senders`` has
+    the wrong length.
     """
     header = block.header
     txs = block.transactions

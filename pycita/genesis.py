@@ -6,8 +6,11 @@
      "validators": ["0x<20-byte address>", ...],
      "alloc": {"0x<address>": {"balance": "1000000000000000000000"}, ...}}
 
-The genesis block has number 0, an all-zero parent hash, empty proof and
-proposer zero; its ``state_root`` is the root of the allocated accounts.
+The genesis block has number 0, an all-zero parent hash and proposer zero;
+its ``state_root`` is the root of the allocated accounts, and its ``proof``
+field (no block precedes genesis) carries
+``rlp([b"pycita-genesis", chain_id, [validator, ...]])``, so the genesis hash
+commits to the chain id and the validator set as well as the state.
 The genesis hash identifies the chain: a snapshot of another chain is refused
 because its headers do not chain down to it.
 """
@@ -100,9 +103,13 @@ class Genesis:
             quota_used=0,
             timestamp=self.timestamp,
             version=0,
-            proof=b"",
+            proof=self.params_rlp(),
             proposer=ZERO_ADDRESS,
         )
+
+    def params_rlp(self) -> bytes:
+        """What the genesis header's ``proof`` field carries: chain id and validator set."""
+        return rlp.encode([b"pycita-genesis", self.chain_id, list(self.validators)])
 
     def block(self) -> Block:
         return Block(self.header(), [])

@@ -430,7 +430,7 @@ _AMQP_ERRORS = _amqp_errors()
 class _Pinger:
     """A short-lived AMQP client that pings the node's services and collects their pongs.
 
-    It consumes from an exclusive, auto-deleted queue bound to ``*.pong`` so
+    It consumes from an exclusive (per-connection) queue bound to ``*.pong`` so
     that concurrent ``pycita status`` calls never steal each other's answers.
     """
 
@@ -455,7 +455,9 @@ class _Pinger:
             self._chan = self._conn.channel()
             # Same arguments as pycita.mq.Bus declares, so it is idempotent either way.
             self._chan.exchange_declare(EXCHANGE, exchange_type="topic", durable=True)
-            result = self._chan.queue_declare("", exclusive=True, auto_delete=True)
+            # Exclusive: deleted with the connection. Not auto_delete: that would delete it when
+            # collect() cancels its consumer, and the next ping round would find no queue.
+            result = self._chan.queue_declare("", exclusive=True)
             self._queue = result.method.queue
             self._chan.queue_bind(self._queue, EXCHANGE, routing_key="*.pong")
         except _AMQP_ERRORS as exc:
@@ -532,8 +534,14 @@ def ping_services(node_dir: str | Path, timeout: float = 3.0,
         pinger.close()
 
 
+def _is_ready(status: dict[str, Any]) -> bool:
+    """A service is ready unless its pong status says ``"ready": false`` (e.g. auth during start-up)."""
+    return status.get("ready", True) is not False
+
+
 def wait_answering(node_dir: str | Path, timeout: float = DEFAULT_START_TIMEOUT) -> dict[str, dict[str, Any]]:
-    """Ping until every service of the node answers; raise :class:`ServicesNotAnswering` after ``timeout``.
+    """Ping until every service of the node answers and none reports ``"ready": false``;
+    raise :class:`ServicesNotAnswering` after ``timeout``.
 
     Re-pings every half second: a service's queue exists only once it has
     connected, and a ping published before that reaches nobody.
@@ -541,6 +549,7 @@ def wait_answering(node_dir: str | Path, timeout: float = DEFAULT_START_TIMEOUT)
     cfg = node_config(node_dir)
     deadline = time.monotonic() + timeout
     answered: dict[str, dict[str, Any]] = {}
+    ready: set[str] = set()
     pinger: _Pinger | None = None
     try:
         while True:
@@ -557,17 +566,25 @@ def wait_answering(node_dir: str | Path, timeout: float = DEFAULT_START_TIMEOUT)
                 pinger.ping()
                 pinger.collect(cfg.services, min(0.5, max(0.0, deadline - time.monotonic())))
                 answered.update(pinger.answers)
+                for name, st in pinger.answers.items():
+                    if _is_ready(st):
+                        ready.add(name)
+                    else:
+                        ready.discard(name)
             except BusUnavailable as exc:
                 log.info("node %s: %s; reconnecting", cfg.node_dir, exc)
                 pinger.close()
                 pinger = None
                 time.sleep(0.2)
-            missing = [s for s in cfg.services if s not in answered]
+            missing = [s for s in cfg.services if s not in ready]
             if not missing:
                 return answered
             if time.monotonic() >= deadline:
                 info = _process_info(cfg) or {}
                 states = {n: str(info[n].get("statename", "?")) for n in missing if n in info}
+                for n in missing:
+                    if n in answered:
+                        states[n] = f"{states.get(n, '?')}, answers but reports ready=false"
                 raise ServicesNotAnswering(missing, {n: log_path(cfg.node_dir, n) for n in missing},
                                            timeout, states)
     finally:
@@ -713,6 +730,7 @@ def status(node_dir: str | Path, ping_timeout: float = 3.0) -> dict[str, Any]:
             "pid": pid,
             "uptime": uptime,
             "answering": name in answers,
+            "ready": name in answers and _is_ready(answers[name]),
             "status": answers.get(name),
             "log": str(log_path(cfg.node_dir, name)),
         }

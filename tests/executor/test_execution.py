@@ -121,6 +121,7 @@ def test_a_deploy_creates_a_contract_at_the_sender_nonce_address() -> None:
     assert receipt.status == 1 and receipt.contract_address == addr
     assert receipt.quota_used == 21_000 + 200 * 2
     assert state.code(addr) == b"\x60\x01" and state.balance(addr) == 9 and state.is_contract(addr)
+    assert state.nonce(addr) == 2
 
 
 def test_a_deploy_with_empty_code_or_a_to_address_fails() -> None:
@@ -131,19 +132,23 @@ def test_a_deploy_with_empty_code_or_a_to_address_fails() -> None:
     assert state.nonce(ALICE.address) == 2
 
 
-def test_only_the_deployer_naming_its_deploy_nonce_may_set_the_abi() -> None:
-    addr = contract_address(ALICE.address, 0)
+def test_only_the_deployer_may_set_the_abi() -> None:
+    addr = contract_address(ALICE.address, 1)
     state, result = run([
+        tx(ALICE, to=STRANGER, value=1),
         tx(ALICE, Action.DEPLOY, data=b"code"),
-        tx(BOB, Action.SET_ABI, to=addr, value=0, data=b"bob's abi"),
-        tx(ALICE, Action.SET_ABI, to=addr, value=1, data=b"wrong nonce"),
-        tx(ALICE, Action.SET_ABI, to=addr, value=0, data=b"[abi]"),
+        tx(BOB, Action.SET_ABI, to=addr, data=b"bob's abi"),
+        tx(ALICE, Action.SET_ABI, to=addr, value=1, data=b"with value"),
+        tx(ALICE, Action.SET_ABI, to=addr, data=b"[abi]"),
     ])
-    assert [r.status for r in result.receipts] == [1, 0, 0, 1]
-    assert b"deployer" in result.receipts[1].error
+    assert [r.status for r in result.receipts] == [1, 1, 0, 0, 1]
+    assert b"deployer" in result.receipts[2].error
     assert state.abi(addr) == b"[abi]"
-    assert state.balance(addr) == 0  # SET_ABI's value is a proof, not a payment
-    assert result.receipts[3].quota_used == 21_000 + 10 * len(b"[abi]")
+    assert state.nonce(addr) == 2  # the deployer's nonce at the deploy, plus one
+    assert result.receipts[4].quota_used == 21_000 + 10 * len(b"[abi]")
+    state, result = run([tx(ALICE, Action.SET_ABI, to=addr, data=b"[v2]")], number=2,
+                        state=(state.kv, state))  # type: ignore[arg-type]
+    assert only_receipt(result).status == 1 and state.abi(addr) == b"[v2]"
 
 
 def test_set_abi_on_a_non_contract_fails() -> None:
@@ -272,8 +277,8 @@ def random_blocks(seed: int, count: int) -> list[Block]:
                 txs.append(tx(key, Action.STORE, to=rng.choice(contracts), data=rlp.encode(pairs),
                               valid_until=number + 10))
             else:
-                txs.append(tx(key, Action.SET_ABI, to=rng.choice(contracts), value=rng.randrange(0, 5),
-                              data=rng.randbytes(10), valid_until=number + 10))
+                txs.append(tx(key, Action.SET_ABI, to=rng.choice(contracts), data=rng.randbytes(10),
+                              valid_until=number + 10))
             nonces[key.address] += 1
         blocks.append(block(number, txs))
     return blocks
@@ -338,7 +343,7 @@ def test_random_workloads_match_a_py_trie_reference_model(ops: list[tuple]) -> N
     contract = contract_address(ALICE.address, 0)
     model: dict[bytes, list] = {k.address: [0, FUNDS, {}, b"", b""] for k in KEYS[:3]}
     model[ALICE.address][0] = 1
-    model[contract] = [0, 0, {}, b"code", b""]
+    model[contract] = [1, 0, {}, b"code", b""]
     txs = [tx(ALICE, Action.DEPLOY, data=b"code")]
     targets = [k.address for k in KEYS[:3]] + [STRANGER]
     for sender_i, kind, target_i, value, pairs in ops:

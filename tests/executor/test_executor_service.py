@@ -281,3 +281,68 @@ def test_a_pb_rpc_request_round_trips() -> None:
     key, body = pack("jsonrpc", "executor_query", pb.RpcRequest(method="getBalance", params_json="[]"), "r1")
     env = unpack(key, body)
     assert env.request_id == "r1" and env.executor_query.method == "getBalance"
+
+
+# ----------------------------------------------------------------------------- the thin bus layer
+
+class FakeBus:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, pb.Message]] = []
+        self.timers: list[object] = []
+
+    def publish(self, routing_key: str, body: bytes, **_kw: object) -> None:
+        self.published.append((routing_key, unpack(routing_key, body)))
+
+    def call_every(self, interval: float, fn: object) -> None:
+        self.timers.append(fn)
+
+
+def test_the_service_wires_proposals_commits_catch_up_and_queries_through_the_bus(tmp_path: Path) -> None:
+    from pycita.config import NodeConfig
+    from services.executor.service import ExecutorService
+
+    GENESIS.save(tmp_path / "genesis.json")
+    bus = FakeBus()
+    service = ExecutorService(NodeConfig(node_dir=tmp_path, amqp_url="amqp://unused"), bus)
+    try:
+        service.start()
+        executor = service.executor
+        key, body = pack("consensus", "block_proposal",
+                         pb.BlockProposal(block=proposal(executor, [transfer(ALICE, 4, 1)])), "p1")
+        service.dispatch(key, body)
+        rk, env = bus.published[-1]
+        assert rk == "executor.executed_result" and env.request_id == "p1"
+        result = env.executed_result
+        assert result.error == "" and result.height == 1
+
+        service.dispatch(*pack("chain", "rich_status", pb.RichStatus(
+            height=1, hash=b"\x01" * 32, state_root=result.state_root, genesis_hash=GENESIS.hash)))
+        assert executor.tip.height == 1
+
+        service.dispatch(*pack("chain", "rich_status", pb.RichStatus(
+            height=4, hash=b"\x04" * 32, state_root=b"\x05" * 32, genesis_hash=GENESIS.hash)))
+        rk, env = bus.published[-1]
+        assert rk == "executor.sync_req" and (env.sync_req.start_height, env.sync_req.end_height) == (2, 4)
+
+        service.dispatch(*pack("jsonrpc", "executor_query",
+                               pb.RpcRequest(method="getBalance", params_json=json.dumps(["0x" + SINK.hex()])),
+                               "q1"))
+        rk, env = bus.published[-1]
+        assert rk == "executor.rpc_response" and env.request_id == "q1"
+        assert env.rpc_response.code == 0 and json.loads(env.rpc_response.result_json) == "0x4"
+
+        service.dispatch(*pack("jsonrpc", "executor_query", pb.RpcRequest(method="nope"), "q2"))
+        assert bus.published[-1][1].rpc_response.code == METHOD_NOT_FOUND
+
+        service.dispatch(*pack("cli", "ping", pb.Ping(nonce="n")))
+        status = json.loads(bus.published[-1][1].pong.status_json)
+        assert status["height"] == 1 and status["state_root"] == "0x" + executor.tip.state_root.hex()
+
+        with pytest.raises(DecodeError):
+            service.dispatch("consensus.block_proposal", b"\xff\xfe garbage")
+        with pytest.raises(DecodeError):
+            service.dispatch(*pack("consensus", "block_proposal", pb.BlockProposal(block=b"\x01\x02")))
+        with pytest.raises(DecodeError):
+            service.dispatch(*pack("chain", "sync_resp", pb.SyncResp(blocks=[b"junk"], tip=9)))
+    finally:
+        service.close()

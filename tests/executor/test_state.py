@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trie import HexaryTrie
 
-from pycita.crypto import EMPTY_KECCAK, keccak
+from pycita.crypto import EMPTY_KECCAK, Address, keccak
 from pycita.genesis import Genesis
 from pycita.state import (
     EMPTY_TUPLE,
@@ -27,9 +27,9 @@ from pycita.storage import MemoryKV
 from pycita.trie import BLANK_ROOT
 from pycita.types import Account
 
-A = b"\x0a" * 20
-B = b"\x0b" * 20
-C = b"\x0c" * 20
+A = Address(b"\x0a" * 20)
+B = Address(b"\x0b" * 20)
+C = Address(b"\x0c" * 20)
 
 
 def committed(kv: MemoryKV, state: StateDB) -> bytes:
@@ -249,9 +249,11 @@ def test_random_workloads_give_the_py_trie_reference_root(ops: list[tuple[str, b
             state.set_abi(addr, arg)  # type: ignore[arg-type]
             entry(addr)[4] = arg
         elif op == "store":
-            key, value = arg  # type: ignore[misc]
-            state.set_storage(addr, key, value)
-            entry(addr)[2][key] = value
+            assert isinstance(arg, tuple)
+            skey: bytes = arg[0]
+            svalue: bytes = arg[1]
+            state.set_storage(addr, skey, svalue)
+            entry(addr)[2][skey] = svalue
         elif op == "commit":
             committed(kv, state)
         else:  # some writes, then revert them: the model does not change

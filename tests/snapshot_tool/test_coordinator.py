@@ -7,6 +7,7 @@ import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,10 +32,10 @@ TIMEOUT = 10.0
 
 Reply = list[tuple[float, Incoming]]
 """Messages a simulated service sends in answer, each after a delay (simulated seconds)."""
-Behaviour = Callable[[pb.SnapshotReq], Reply]
+Behaviour = Callable[[str, pb.SnapshotReq], Reply]
 
 
-def ack(service: str, req: pb.SnapshotReq, flag: bool = True, error: str = "", **fields: object) -> pb.SnapshotResp:
+def ack(service: str, req: pb.SnapshotReq, flag: bool = True, error: str = "", **fields: Any) -> pb.SnapshotResp:
     resp = {pb.Begin: pb.BeginAck, pb.Restore: pb.RestoreAck, pb.Clear: pb.ClearAck, pb.End: pb.EndAck,
             pb.Snapshot: pb.SnapshotAck, pb.Abort: pb.AbortAck}[req.cmd]
     return pb.SnapshotResp(resp=resp, request_id=req.request_id, service=service, flag=flag, error=error,
@@ -84,7 +85,7 @@ class FakeNode:
 
     # what well-behaved services answer
     def default(self, service: str, req: pb.SnapshotReq) -> Reply:
-        fields: dict[str, object] = {}
+        fields: dict[str, Any] = {}
         if service in ("chain", "executor") and req.cmd == pb.Restore:
             fields = {"height": HEIGHT, "block_hash": HASH, "state_root": ROOT}
             if service == "chain":

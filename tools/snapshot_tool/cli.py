@@ -148,13 +148,16 @@ def locate_files(value: str, snapshot_dir: Path | None) -> LocatedFiles:
 
 
 class _Parser(argparse.ArgumentParser):
+    err: TextIO | None = None
+
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{PROG}: error: {message} (see {PROG} --help)\n")
+        (self.err or sys.stderr).write(f"{PROG}: error: {message} (see {PROG} --help)\n")
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(err: TextIO | None = None) -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Take, restore, inspect and verify pycita snapshots.")
+    p.err = err
     p.add_argument("-m", "--mode", required=True, choices=("snapshot", "restore", "info", "verify"))
     p.add_argument("-e", "--end-height", metavar="HEIGHT",
                    help="height to snapshot (decimal or 0x-hex; default: the current height)")
@@ -162,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="snapshot name inside the node's snapshots/ directory (default: snapshot)")
     p.add_argument("--block", metavar="HASH", help="restore: the hash block H must have (trusted checkpoint)")
     p.add_argument("--node-dir", default=".", metavar="DIR", help="the node directory (default: current dir)")
+    p.add_argument("--genesis", metavar="FILE", help="verify: the local genesis (default: <node-dir>/genesis.json)")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="per-phase timeout (default: node.json snapshot_phase_timeout)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
@@ -331,6 +335,7 @@ class _Options:
     timeout: float | None
     quiet: bool
     json: bool
+    genesis: Path | None = None
 
 
 def _options(args: argparse.Namespace) -> _Options:
@@ -344,8 +349,11 @@ def _options(args: argparse.Namespace) -> _Options:
         raise UsageError("--block is only for -m restore")
     if args.timeout is not None and not args.timeout > 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout:g}")
+    genesis = Path(args.genesis) if args.genesis is not None else None
+    if genesis is not None and args.mode != "verify":
+        raise UsageError("--genesis is only for -m verify")
     return _Options(args.mode, Path(args.node_dir), args.file, height, block, args.timeout, args.quiet,
-                    args.json)
+                    args.json, genesis)
 
 
 def _run_bus_mode(opts: _Options, out: TextIO, err: TextIO) -> int:
@@ -372,8 +380,8 @@ def _run_bus_mode(opts: _Options, out: TextIO, err: TextIO) -> int:
                             snapshot_dir=cfg.snapshot_dir, journal=RestoreJournal(cfg.run_dir),
                             progress=progress, notify=notify)
         leftover = coord.recover_leftover()
-        if leftover is not None and leftover[1] is not None:
-            entry, done = leftover
+        entry, done = leftover if leftover is not None else (None, None)
+        if entry is not None and done is not None:
             if not opts.json:
                 _print_restore(done, out)
             if (opts.mode == "restore" and entry.directory == str(cfg.snapshot_dir)
@@ -411,15 +419,19 @@ def _run_file_mode(opts: _Options, out: TextIO, err: TextIO) -> int:
     from tools.snapshot_tool import offline
 
     files = locate_files(opts.file, _snapshot_dir_of(opts.node_dir))
+    report: offline.InfoReport | offline.VerifyOutcome
     if opts.mode == "info":
         report = offline.info(files.chain, files.executor)
     else:
         progress = make_progress(opts.quiet or opts.json and not err.isatty(), err)
-        report = offline.verify(files.chain, files.executor, node_dir=opts.node_dir, progress=progress)
+        report = offline.verify(files.chain, files.executor, node_dir=opts.node_dir, genesis_path=opts.genesis,
+                                progress=progress)
     if opts.json:
         out.write(json.dumps(report.to_json(), indent=2) + "\n")
-    else:
+    elif report.ok:
         out.write(report.text())
+    else:
+        err.write(f"{PROG}: " + report.text())
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -428,7 +440,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(err).parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],

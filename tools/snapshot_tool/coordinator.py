@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pycita.errors import PycitaError
 from pycita.messages import pb
@@ -456,7 +456,7 @@ class Coordinator:
                 raise SnapshotToolError(f"snapshot file {path} does not exist")
         started = self.clock()
         request_id = self.new_request_id()
-        common = {"request_id": request_id, "file": name, "directory": str(self.snapshot_dir),
+        common: dict[str, Any] = {"request_id": request_id, "file": name, "directory": str(self.snapshot_dir),
                   "timeout_ms": self._timeout_ms()}
         self.journal.write_prepare(request_id, files.file_names(), str(self.snapshot_dir))
         try:
@@ -496,7 +496,7 @@ class Coordinator:
 
     def _clear_and_end(self, entry: JournalEntry) -> None:
         """The post-commit half: Clear then End, each rolled forward; then the journal is done."""
-        common = {"request_id": entry.request_id, "end_height": entry.height, "block_hash": entry.block_hash,
+        common: dict[str, Any] = {"request_id": entry.request_id, "end_height": entry.height, "block_hash": entry.block_hash,
                   "state_root": entry.state_root, "timeout_ms": self._timeout_ms()}
         proof = pb.Proof(content=entry.proof, type=entry.proof_type)  # type: ignore[arg-type]
         first = entry.files[0] if entry.files else ""
