@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import rlp
+from rlp.sedes import big_endian_int
 from google.protobuf.message import DecodeError as _PbDecodeError
 
 from pycita.crypto import Hash32, PrivateKey, SignatureError, keccak, recover_address
@@ -84,6 +85,11 @@ def decode_qc(content: bytes) -> QuorumCert:
     h, r, bh, sigs = raw
     if not all(isinstance(x, bytes) for x in (h, r, bh)) or len(bh) != 32:
         raise ProofError("proof height/round/block_hash malformed")
+    try:  # canonical integers only: one proof has exactly one encoding
+        height = big_endian_int.deserialize(h)
+        round_ = big_endian_int.deserialize(r)
+    except rlp.exceptions.DeserializationError as exc:
+        raise ProofError(f"proof height/round is not a canonical integer: {exc}") from exc
     pairs: list[tuple[bytes, bytes]] = []
     for item in sigs:
         if not isinstance(item, list) or len(item) != 2 or not all(isinstance(x, bytes) for x in item):
@@ -91,7 +97,10 @@ def decode_qc(content: bytes) -> QuorumCert:
         if len(item[0]) != 20 or len(item[1]) != 65:
             raise ProofError("proof signature entry has wrong lengths")
         pairs.append((item[0], item[1]))
-    return QuorumCert(int.from_bytes(h, "big"), int.from_bytes(r, "big"), bh, tuple(pairs))
+    qc = QuorumCert(height, round_, bh, tuple(pairs))
+    if qc.encode() != content:
+        raise ProofError("proof content is not in canonical form")
+    return qc
 
 
 def parse_proof(proof_bytes: bytes) -> QuorumCert:

@@ -14,6 +14,14 @@ and Abort) suit a service that holds no chain data; services with work to do
 override :meth:`Service.on_snapshot`. Any service listed in ``node.json``
 thus joins the protocol with no change to snapshot_tool.
 
+A step that takes long (chain and executor export and restore) runs in a
+worker thread: ``on_snapshot`` returns :data:`ANSWER_LATER` from
+:meth:`Service.start_snapshot_job`, the job publishes
+``<service>.snapshot_progress`` while it works, and the response is published
+from the loop thread when it ends. A service starting while
+``run/restore.journal`` says ``"commit"`` starts in flight mode
+(:func:`restore_committed`): a committed restore is still being completed.
+
 Every service also answers ``cli.ping`` with ``<service>.pong`` carrying
 :meth:`Service.status` as JSON (used by ``pycita start`` and ``status``).
 """
@@ -25,6 +33,8 @@ import json
 import logging
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -50,6 +60,132 @@ class SnapshotStepFailed(Exception):
     """Raised by a service's snapshot step to report failure to snapshot_tool (message is shown to the user)."""
 
 
+class SnapshotCancelled(SnapshotStepFailed):
+    """Raised inside a snapshot job when an Abort (or shutdown) cancelled it."""
+
+
+ANSWER_LATER: Any = object()
+"""Returned by :meth:`Service.on_snapshot` when the response will be published later (by a job)."""
+
+PROGRESS_INTERVAL = 1.0
+"""Seconds between two ``snapshot_progress`` messages of one job."""
+
+
+def restore_committed(cfg: Any) -> bool:
+    """Whether ``<node>/run/restore.journal`` says ``"commit"`` (a restore is being completed).
+
+    A journal that cannot be read counts as committed: the node must not serve
+    or produce anything until snapshot_tool sorted it out.
+    """
+    from pycita.snapshot.journal import JournalError, Phase, RestoreJournal
+
+    run_dir = getattr(cfg, "run_dir", None)
+    if run_dir is None:
+        return False
+    try:
+        entry = RestoreJournal(run_dir).read()
+    except JournalError as exc:
+        log.error("cannot read the restore journal (%s): starting in flight mode", exc)
+        return True
+    return entry is not None and entry.phase is Phase.COMMIT
+
+
+class SnapshotJob:
+    """One long snapshot step (export or restore) running in a worker thread.
+
+    ``work(job)`` fills ``job.resp`` (raise :class:`SnapshotStepFailed` to
+    fail); it should call :meth:`check` often (raises
+    :class:`SnapshotCancelled` once cancelled) and :meth:`progress` (throttled
+    to one message per :data:`PROGRESS_INTERVAL`). ``finish(job)`` (optional)
+    runs in the worker thread after ``work`` under :attr:`lock`, success or
+    not (``job.resp.flag`` tells); the response is then published from the
+    loop thread. :attr:`lock` lets the loop thread take decisions (Abort)
+    atomically with the job's end.
+    """
+
+    def __init__(self, service: Service, req: pb.SnapshotReq, resp: pb.SnapshotResp,
+                 work: Callable[[SnapshotJob], None],
+                 finish: Callable[[SnapshotJob], None] | None = None) -> None:
+        self.service = service
+        self.req = req
+        self.resp = resp
+        self.request_id = req.request_id
+        self.cmd = req.cmd
+        self._work = work
+        self._finish = finish
+        self.lock = threading.Lock()
+        self.cancelled = threading.Event()
+        self.done = False
+        self._last_progress = 0.0
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f"{service.name}-{pb.Cmd.Name(req.cmd).lower()}")
+
+    @property
+    def running(self) -> bool:
+        return not self.done
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise SnapshotCancelled(f"{self.service.name}: {pb.Cmd.Name(self.cmd)} cancelled")
+
+    def progress(self, phase: str, *, force: bool = False, **counts: int) -> None:
+        """Publish ``<service>.snapshot_progress`` (at most once a second unless ``force``)."""
+        self.check()
+        now = time.monotonic()
+        if not force and now - self._last_progress < PROGRESS_INTERVAL:
+            return
+        self._last_progress = now
+        try:
+            self.service.publish("snapshot_progress", pb.SnapshotProgress(
+                request_id=self.request_id, service=self.service.name, phase=phase, **counts),
+                request_id=self.request_id)
+        except Exception as exc:  # progress is best effort
+            log.warning("%s: could not publish progress: %s", self.service.name, exc)
+
+    def _run(self) -> None:
+        name = self.service.name
+        try:
+            self._work(self)
+        except SnapshotStepFailed as exc:
+            self.resp.flag = False
+            self.resp.error = str(exc)
+        except Exception as exc:
+            log.exception("%s: snapshot step %s failed", name, pb.Cmd.Name(self.cmd))
+            self.resp.flag = False
+            self.resp.error = f"{type(exc).__name__}: {exc}"
+        with self.lock:
+            if self.resp.flag and self.cancelled.is_set():
+                self.resp.flag = False
+                self.resp.error = f"{name}: {pb.Cmd.Name(self.cmd)} cancelled"
+            try:
+                if self._finish is not None:
+                    self._finish(self)
+            except Exception as exc:
+                log.exception("%s: finishing snapshot step %s failed", name, pb.Cmd.Name(self.cmd))
+                if self.resp.flag:
+                    self.resp.flag = False
+                    self.resp.error = f"{type(exc).__name__}: {exc}"
+            self.done = True
+        if self.resp.flag:
+            log.info("%s: snapshot step %s done", name, pb.Cmd.Name(self.cmd))
+        else:
+            log.warning("%s: snapshot step %s failed: %s", name, pb.Cmd.Name(self.cmd), self.resp.error)
+        try:
+            self.service.bus.call_later(0, lambda: self.service.answer_snapshot(self.resp))
+        except Exception:  # the bus is stopping: the tool times out and aborts
+            log.exception("%s: cannot publish the answer to %s", name, pb.Cmd.Name(self.cmd))
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+
+
 class Service:
     name: ClassVar[str] = "service"
     bindings: ClassVar[tuple[str, ...]] = ()
@@ -57,7 +193,10 @@ class Service:
     def __init__(self, cfg: NodeConfig, bus: Any) -> None:
         self.cfg = cfg
         self.bus = bus
-        self.flight_mode = False
+        self.flight_mode = restore_committed(cfg)
+        if self.flight_mode:
+            log.warning("%s: a committed restore is being completed (run/restore.journal): "
+                        "starting in flight mode", self.name)
         self.handlers: dict[str, Handler] = {
             "ping": self._on_ping,
             "snapshot_req": self._on_snapshot_req,
@@ -91,8 +230,9 @@ class Service:
     def _on_snapshot_req(self, env: pb.Message, req: pb.SnapshotReq) -> None:
         resp = pb.SnapshotResp(resp=RESP_FOR_CMD.get(req.cmd, pb.AbortAck), request_id=req.request_id,
                                service=self.name, flag=True)
+        answer: Any = None
         try:
-            self.on_snapshot(req, resp)
+            answer = self.on_snapshot(req, resp)
         except SnapshotStepFailed as exc:
             resp.flag = False
             resp.error = str(exc)
@@ -100,12 +240,26 @@ class Service:
             log.exception("%s: snapshot step %s failed", self.name, pb.Cmd.Name(req.cmd))
             resp.flag = False
             resp.error = f"{type(exc).__name__}: {exc}"
-        if resp.flag is not None:
-            self.publish("snapshot_resp", resp, request_id=req.request_id, confirm=True)
+        if answer is ANSWER_LATER:
+            return
+        self.answer_snapshot(resp)
 
-    def on_snapshot(self, req: pb.SnapshotReq, resp: pb.SnapshotResp) -> None:
+    def answer_snapshot(self, resp: pb.SnapshotResp) -> None:
+        """Publish ``<service>.snapshot_resp`` (confirmed)."""
+        self.publish("snapshot_resp", resp, request_id=resp.request_id, confirm=True)
+
+    def start_snapshot_job(self, req: pb.SnapshotReq, resp: pb.SnapshotResp,
+                           work: Callable[[SnapshotJob], None],
+                           finish: Callable[[SnapshotJob], None] | None = None) -> SnapshotJob:
+        """Run ``work`` in a worker thread (see :class:`SnapshotJob`); return ANSWER_LATER from on_snapshot."""
+        job = SnapshotJob(self, req, resp, work, finish)
+        job.start()
+        return job
+
+    def on_snapshot(self, req: pb.SnapshotReq, resp: pb.SnapshotResp) -> Any:
         """Handle one snapshot command and fill ``resp``; raise SnapshotStepFailed to fail it.
 
+        Return :data:`ANSWER_LATER` when a job will publish the response.
         Default: flight mode on at Begin, off at End and Abort; other commands acked.
         """
         if req.cmd == pb.Begin:

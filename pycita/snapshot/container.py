@@ -74,7 +74,9 @@ __all__ = [
     "ChunkWriter",
     "Chunker",
     "ProgressFn",
+    "RLPError",
     "ReadProgress",
+    "decode_rlp",
     "decode_uint",
     "encode_bytes",
     "encode_list",
@@ -133,6 +135,76 @@ def encode_raw(obj: bytes | list[Any]) -> bytes:
     if isinstance(obj, bytes):
         return encode_bytes(obj)
     return encode_list([encode_raw(x) for x in obj])
+
+
+MAX_RLP_DEPTH: Final[int] = 16
+"""Deepest list nesting :func:`decode_rlp` accepts (the formats need 5)."""
+
+
+class RLPError(ValueError):
+    """Raised by :func:`decode_rlp` for malformed or non-canonical RLP."""
+
+
+def decode_rlp(data: bytes, max_depth: int = MAX_RLP_DEPTH) -> bytes | list[Any]:
+    """Decode one canonical RLP item filling ``data`` exactly (nested lists of bytes).
+
+    Accepts exactly what ``rlp.decode(data, strict=True)`` accepts (single
+    bytes below 0x80 stand for themselves, short forms below 56 bytes, no
+    leading zeros in lengths), but runs in linear time (pyrlp's decoder is
+    quadratic in the number of list items) and bounds the nesting depth.
+    Raises :class:`RLPError`.
+    """
+    item, end = _decode_at(data, 0, len(data), 0, max_depth)
+    if end != len(data):
+        raise RLPError(f"{len(data) - end} trailing bytes after the RLP item")
+    return item
+
+
+def _long_length(data: bytes, pos: int, size_len: int, limit: int) -> tuple[int, int]:
+    start = pos + 1 + size_len
+    if start > limit:
+        raise RLPError(f"length of the item at {pos} is truncated")
+    if data[pos + 1] == 0:
+        raise RLPError(f"length of the item at {pos} has leading zeros")
+    n = int.from_bytes(data[pos + 1 : start], "big")
+    if n < 56:
+        raise RLPError(f"long form used for a {n}-byte item at {pos}")
+    return start, n
+
+
+def _decode_at(data: bytes, pos: int, limit: int, depth: int, max_depth: int) -> tuple[bytes | list[Any], int]:
+    if pos >= limit:
+        raise RLPError(f"item at {pos} is truncated")
+    b = data[pos]
+    if b < 0x80:
+        return data[pos : pos + 1], pos + 1
+    if b < 0xB8:
+        start, n = pos + 1, b - 0x80
+        if n == 1 and start < limit and data[start] < 0x80:
+            raise RLPError(f"single byte below 0x80 encoded as a string at {pos}")
+    elif b < 0xC0:
+        start, n = _long_length(data, pos, b - 0xB7, limit)
+    else:
+        if b < 0xF8:
+            start, n = pos + 1, b - 0xC0
+        else:
+            start, n = _long_length(data, pos, b - 0xF7, limit)
+        end = start + n
+        if end > limit:
+            raise RLPError(f"list at {pos} runs past its container")
+        if depth >= max_depth:
+            raise RLPError(f"lists nested deeper than {max_depth}")
+        items: list[Any] = []
+        append = items.append
+        p = start
+        while p < end:
+            item, p = _decode_at(data, p, end, depth + 1, max_depth)
+            append(item)
+        return items, end
+    end = start + n
+    if end > limit:
+        raise RLPError(f"string at {pos} runs past its container")
+    return data[start:end], end
 
 
 def decode_uint(raw: object, what: str, exc: type[SnapshotError], **where: Any) -> int:
@@ -419,8 +491,8 @@ class ChunkReader:
                 f"the RLP item at manifest offset {offset} does not end where the trailer begins",
                 file=name, expected=manifest_len, actual=start + item_len)
         try:
-            manifest = rlp.decode(data, strict=True)
-        except rlp.exceptions.DecodingError as e:
+            manifest = decode_rlp(data)
+        except RLPError as e:
             raise ManifestError(f"manifest is not canonical RLP: {e}", file=name) from e
         if not isinstance(manifest, list) or not manifest:
             raise ManifestError("manifest must be a non-empty RLP list", file=name)
@@ -493,8 +565,8 @@ class ChunkReader:
         """
         payload = self.read_payload(index)
         try:
-            items = rlp.decode(payload, strict=True)
-        except rlp.exceptions.DecodingError as e:
+            items = decode_rlp(payload)
+        except RLPError as e:
             raise ChunkDecodeError(f"chunk payload is not canonical RLP: {e}", file=self.name,
                                    chunk=index) from e
         if not isinstance(items, list):

@@ -20,14 +20,26 @@ rename, fsync of the directory):
     written by the tool after every EndAck, just before it removes the
     journal (so a crash between the two still reads as finished).
 
+A staged store is *complete* once its service verified the whole file,
+closed and fsynced it and wrote the :data:`COMPLETE_MARKER` file inside it
+(JSON height / block hash / state root, :func:`write_complete_marker`), just
+before its RestoreAck.
+
 Start-up recovery (:func:`recover_store`, called by chain and executor for
 their store before opening it)::
 
-    journal absent / "prepare" / "done"    -> roll back: delete staged; if the live
+    journal "prepare", staged complete     -> keep staged: the tool may still commit
+                                              it (a service restarting between its
+                                              RestoreAck and Clear must not lose it);
+                                              Abort or the tool's leftover-prepare
+                                              clean-up discards it
+    journal absent / "prepare" / "done"    -> roll back: delete staged (for "prepare":
+                                              only an incomplete one); if the live
                                               store is missing but a backup exists,
                                               rename backup -> live
     journal "commit"                       -> roll forward: make staged live (if it
-                                              still exists), as commit_staged does
+                                              still exists; it must be complete), as
+                                              commit_staged does
 
 Crash cases (what is on disk -> what recovery does):
 
@@ -85,6 +97,7 @@ from pycita.storage import fsync_dir
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "COMPLETE_MARKER",
     "JOURNAL_NAME",
     "LOCK_NAME",
     "PID_NAME",
@@ -98,14 +111,18 @@ __all__ = [
     "commit_staged",
     "discard_staged",
     "fsync_tree",
+    "read_complete_marker",
     "recover_store",
     "remove_backup",
     "store_paths",
+    "write_complete_marker",
 ]
 
 JOURNAL_NAME = "restore.journal"
 LOCK_NAME = "snapshot.lock"
 PID_NAME = "snapshot.pid"
+COMPLETE_MARKER = "COMPLETE"
+"""File inside a staged store saying it was fully verified and synced (see :func:`write_complete_marker`)."""
 JOURNAL_VERSION = 1
 
 
@@ -139,6 +156,7 @@ class RecoveryAction(enum.StrEnum):
     NOTHING = "nothing"
     ROLLED_BACK = "rolled back"
     ROLLED_FORWARD = "rolled forward"
+    KEPT_STAGED = "kept staged"
 
 
 @dataclass(frozen=True)
@@ -324,6 +342,26 @@ def fsync_tree(path: Path) -> None:
         fsync_dir(path.parent)
 
 
+def write_complete_marker(staged: Path, *, height: int, block_hash: bytes, state_root: bytes) -> None:
+    """Mark ``staged`` complete (durably); call after the store is closed and :func:`fsync_tree`-d."""
+    data = {"height": height, "block_hash": "0x" + bytes(block_hash).hex(),
+            "state_root": "0x" + bytes(state_root).hex(), "time": time.time()}
+    try:
+        _write_atomic(staged / COMPLETE_MARKER, (json.dumps(data) + "\n").encode())
+    except OSError as exc:
+        raise JournalError(f"cannot write the complete marker: {exc}", file=str(staged)) from exc
+
+
+def read_complete_marker(staged: Path) -> dict[str, Any] | None:
+    """The marker of a complete staged store (``height`` int, ``block_hash``/``state_root`` bytes), or None."""
+    try:
+        data = json.loads((staged / COMPLETE_MARKER).read_bytes())
+        return {"height": int(data["height"]), "block_hash": _unhex(data["block_hash"]),
+                "state_root": _unhex(data["state_root"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _rmtree_durably(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink()
@@ -389,14 +427,22 @@ def recover_store(live: Path, staged: Path, backup: Path,
 
     ``journal`` is the node's :class:`RestoreJournal` (read here), an entry
     already read, or ``None`` (no journal). With a ``"commit"`` journal a
-    staged store is rolled forward; otherwise it is deleted, and a live store
-    missing beside a backup is restored from the backup. A backup beside a
+    staged store is rolled forward (it must be complete, else
+    :class:`JournalError`); with a ``"prepare"`` journal a complete one is
+    kept; otherwise it is deleted, and a live store missing beside a backup
+    is restored from the backup. A backup beside a
     live store is left alone under a ``"commit"`` journal (End removes it).
     """
     entry = journal.read() if isinstance(journal, RestoreJournal) else journal
     has_live, has_staged, has_backup = live.exists(), staged.exists(), backup.exists()
+    complete = has_staged and read_complete_marker(staged) is not None
     if entry is not None and entry.phase is Phase.COMMIT:
         if has_staged:
+            if not complete:
+                raise JournalError(
+                    f"restore {entry.request_id} is committed but the staged store {staged} has no "
+                    f"{COMPLETE_MARKER} marker (it was never fully verified); restore the snapshot again",
+                    file=str(staged))
             commit_staged(live, staged, backup)
             log.warning("restore %s was committed: rolled %s forward to height %d",
                         entry.request_id, live, entry.height)
@@ -408,7 +454,11 @@ def recover_store(live: Path, staged: Path, backup: Path,
         return RecoveryAction.NOTHING
     # No restore in progress, or one that has not reached its commit point.
     action = RecoveryAction.NOTHING
-    if has_staged:
+    if has_staged and complete and entry is not None and entry.phase is Phase.PREPARE:
+        log.warning("kept the complete staged store %s: restore %s may still be committed",
+                    staged, entry.request_id)
+        action = RecoveryAction.KEPT_STAGED
+    elif has_staged:
         discard_staged(staged)
         log.warning("discarded uncommitted staged store %s (journal: %s)", staged,
                     entry.phase.value if entry else "none")

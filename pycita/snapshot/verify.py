@@ -17,7 +17,8 @@ What is checked, and the error raised (all :class:`SnapshotError`):
   ``block_hash`` (:class:`TrustedHashMismatch`); both manifests name the
   same H, block hash, state root, chain id and genesis (:class:`FilesDisagree`);
 * ``last_proof`` (chain manifest) is a valid quorum proof of (H, block_hash)
-  by the genesis validators under the genesis chain id (:class:`ProofInvalid`);
+  by the genesis validators under the genesis chain id, in canonical encoding
+  (re-encoding its certificate gives the same bytes) (:class:`ProofInvalid`);
 * headers, in each file: each chunk's ``parent_number, parent_hash`` and
   each header's number and parent hash follow the previous header, starting
   at genesis (:class:`HeaderChainBroken`, :class:`WrongChain` for the first);
@@ -167,10 +168,15 @@ def _check_proof(name: str, manifest: ChainManifest, genesis: Genesis, local_gen
             raise ProofInvalid("a snapshot at height 0 has no proof", file=name)
         return
     try:
-        verify_proof(manifest.last_proof, chain_id=genesis.chain_id, height=height,
-                     block_hash=manifest.block_hash, validators=genesis.validators)
+        qc = verify_proof(manifest.last_proof, chain_id=genesis.chain_id, height=height,
+                          block_hash=manifest.block_hash, validators=genesis.validators)
     except ProofError as e:
         raise ProofInvalid(f"last_proof does not prove block {height}: {e}", file=name) from e
+    canonical = qc.to_proof_bytes()
+    if canonical != manifest.last_proof:
+        # decode_qc tolerates e.g. a round encoded as b"\x00"; the bytes restore hands on must be canonical
+        raise ProofInvalid("last_proof is not canonically encoded", file=name, expected=canonical,
+                           actual=manifest.last_proof)
 
 
 class _HeaderChain:

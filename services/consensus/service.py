@@ -58,6 +58,8 @@ class ConsensusService(Service):
             "block_txs": self._on_block_txs,
             "executed_result": self._on_executed_result,
         })
+        if self.flight_mode:  # a committed restore is being completed (pycita.service.restore_committed)
+            self.engine.set_flight_mode(True)
         if not self.engine.is_validator:
             log.warning("consensus: node key 0x%s is not a genesis validator; it will not propose",
                         self.engine.address.hex())

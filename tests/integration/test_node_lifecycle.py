@@ -147,3 +147,27 @@ def test_start_names_services_that_do_not_answer(tmp_path: Path, rabbitmq_broker
     finally:
         net.close()
     assert not nodelib.is_running(nd)
+
+
+def test_cli_send_and_load(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    nd = str(node.directory)
+    capsys.readouterr()
+    assert main(["send", "deploy", nd, "--code", "0x" + "ab" * 40]) == 0
+    out = capsys.readouterr().out
+    receipt = json.loads(out[out.index("{"):])
+    contract = receipt["contractAddress"]
+    assert contract and receipt["status"] in ("0x1", 1)
+    assert main(["send", "abi", nd, "--to", contract, "--abi", '[{"name":"f"}]', "--no-wait"]) == 0
+    # the ABI tx may still be in the pool: the store must take the next free nonce, not reuse it
+    assert main(["send", "store", nd, "--to", contract, "--set", "0x01=0xff"]) == 0
+    assert main(["send", "transfer", nd, "--account", "1", "--to", "0x" + "22" * 20, "--value", "7"]) == 0
+    capsys.readouterr()
+    assert node.api.get_code(contract) == b"\xab" * 40
+    assert node.api.get_storage_at(contract, "0x01") == b"\xff"
+    node.wait_for_blocks(2, timeout=20)
+    assert node.api.get_abi(contract) == b'[{"name":"f"}]'
+    assert node.api.get_balance("0x" + "22" * 20) == 7
+
+    assert main(["load", nd, "--tps", "20", "--duration", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sent"] == 40 and report["committed"] == 40 and report["pending"] == 0

@@ -82,7 +82,7 @@ def default_specs(n: int = 6) -> list[AccountSpec]:
 
 
 @dataclass
-class TestChain:
+class ChainFixture:
     genesis: Genesis
     blocks: list[tuple[Header, list[Receipt] | None, list[SignedTransaction] | None]]
     last_proof: bytes
@@ -115,7 +115,7 @@ class TestChain:
 
 
 def build_chain(n_blocks: int = 5, *, history_blocks: int = 3, specs: list[AccountSpec] | None = None,
-                genesis: Genesis | None = None, txs_per_block: int = 2) -> TestChain:
+                genesis: Genesis | None = None, txs_per_block: int = 2) -> ChainFixture:
     genesis = genesis or make_genesis()
     specs = default_specs() if specs is None else specs
     root = state_root_of(specs)
@@ -153,9 +153,9 @@ def build_chain(n_blocks: int = 5, *, history_blocks: int = 3, specs: list[Accou
     if n_blocks == 0:
         prev_proof = b""
         root = genesis.state_root()
-    return TestChain(genesis, blocks, prev_proof, specs, root, history_blocks)
+    return ChainFixture(genesis, blocks, prev_proof, specs, root, history_blocks)
 
 
 @pytest.fixture
-def chain() -> TestChain:
+def chain() -> ChainFixture:
     return build_chain()

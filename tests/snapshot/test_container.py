@@ -19,7 +19,10 @@ from pycita.snapshot.container import (
     Chunker,
     ChunkReader,
     ChunkWriter,
+    RLPError,
+    decode_rlp,
     encode_bytes,
+    encode_list,
     encode_raw,
     encode_uint,
     snappy_declared_length,
@@ -79,7 +82,7 @@ def test_chunker_cuts_at_limit_and_isolates_oversize_entries(tmp_path: Path) -> 
             ch.add(rlp.encode(bytes([i]) * n), prefix=(rlp.encode(i),))
         ch.flush()
         w.finish([1, [c.to_rlp() for c in w.chunks]])
-    seen = []
+    seen: list[int] = []
     with ChunkReader(path) as r:
         for i in range(len(r.chunks)):
             payload = r.read_payload(i)
@@ -265,3 +268,45 @@ def test_opening_reads_only_trailer_and_manifest(tmp_path: Path) -> None:
         assert len(r.chunks) == 2
         with pytest.raises(ChunkHashMismatch):
             r.read_chunk(0)
+
+
+rlp_values = st.recursive(st.binary(max_size=70), lambda children: st.lists(children, max_size=6), max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=rlp_values)
+def test_decode_rlp_matches_pyrlp_on_valid_input(value: object) -> None:
+    encoded = rlp.encode(value)
+    assert decode_rlp(encoded) == rlp.decode(encoded, strict=True) == value
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=rlp_values, pos=st.integers(0, 10_000), byte=st.integers(0, 255), cut=st.booleans())
+def test_decode_rlp_accepts_exactly_what_pyrlp_strict_accepts(value: object, pos: int, byte: int, cut: bool) -> None:
+    data = bytearray(rlp.encode(value))
+    if cut:
+        del data[pos % len(data):]
+    else:
+        data[pos % len(data)] = byte
+    try:
+        expected: object = rlp.decode(bytes(data), strict=True)
+    except rlp.exceptions.DecodingError:
+        expected = None
+    try:
+        actual: object = decode_rlp(bytes(data))
+    except RLPError:
+        actual = None
+    assert actual == expected
+
+
+def test_decode_rlp_rejects_non_canonical_and_deep_input() -> None:
+    for bad in (b"\x81\x05", b"\xb8\x05hello", b"\xf8\x02\x01\x02", b"\xc2\x01\x02\x03", b"\xb9\x00\x38" + b"a" * 56,
+                b"\xc3\x82\x01", b"", b"\xc1"):
+        with pytest.raises(RLPError):
+            decode_rlp(bad)
+    deep = b"\xc0"
+    for _ in range(20):
+        deep = encode_list([deep])
+    with pytest.raises(RLPError, match="deeper"):
+        decode_rlp(deep)
+    assert decode_rlp(deep, max_depth=30)

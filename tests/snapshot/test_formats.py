@@ -14,7 +14,6 @@ from conftest import (
     account_sources,
     build_chain,
     default_specs,
-    make_genesis,
     state_root_of,
 )
 from hypothesis import HealthCheck, given, settings
@@ -267,7 +266,7 @@ def test_independent_reader(tmp_path: Path) -> None:
     accounts: dict[bytes, list[Any]] = {}
     for items in state_chunks:
         for address, (nonce, balance, cs, code, abi_s, abi, storage) in items:
-            hashes = []
+            hashes: list[bytes] = []
             for state, blob in ((cs, code), (abi_s, abi)):
                 if state == b"\x01":
                     blobs[keccak(blob)] = blob

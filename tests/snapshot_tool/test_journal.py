@@ -21,9 +21,11 @@ from pycita.snapshot.journal import (
     SnapshotLockedError,
     commit_staged,
     discard_staged,
+    read_complete_marker,
     recover_store,
     remove_backup,
     store_paths,
+    write_complete_marker,
 )
 
 HASH = bytes(range(32))
@@ -33,6 +35,12 @@ ROOT = bytes(range(32, 64))
 def make_store(path: Path, content: str) -> None:
     path.mkdir(parents=True)
     (path / "CURRENT").write_text(content)
+
+
+def make_complete_staged(path: Path, content: str) -> None:
+    """A staged store its service fully verified and marked (what exists after its RestoreAck)."""
+    make_store(path, content)
+    write_complete_marker(path, height=100, block_hash=HASH, state_root=ROOT)
 
 
 def content_of(path: Path) -> str:
@@ -132,6 +140,37 @@ def test_a_crash_before_the_commit_write_rolls_the_staged_store_back(
     assert content_of(live) == "old" and not staged.exists() and not backup.exists()
 
 
+def test_a_complete_staged_store_is_kept_while_the_journal_says_prepare(
+        stores: tuple[Path, Path, Path], journal: RestoreJournal) -> None:
+    # the service restarted between its RestoreAck and Clear: the tool may still commit
+    live, staged, backup = stores
+    make_store(live, "old")
+    make_complete_staged(staged, "new")
+    journal.write_prepare("req-1")
+    assert recover_store(live, staged, backup, journal) is RecoveryAction.KEPT_STAGED
+    assert content_of(live) == "old" and content_of(staged) == "new"
+    assert read_complete_marker(staged) == {"height": 100, "block_hash": HASH, "state_root": ROOT}
+
+
+def test_a_complete_staged_store_without_any_journal_is_rolled_back(stores: tuple[Path, Path, Path]) -> None:
+    live, staged, backup = stores
+    make_store(live, "old")
+    make_complete_staged(staged, "new")
+    assert recover_store(live, staged, backup, None) is RecoveryAction.ROLLED_BACK
+    assert content_of(live) == "old" and not staged.exists()
+
+
+def test_a_committed_journal_refuses_an_incomplete_staged_store(
+        stores: tuple[Path, Path, Path], journal: RestoreJournal) -> None:
+    live, staged, backup = stores
+    make_store(live, "old")
+    make_store(staged, "half-written")
+    commit(journal)
+    with pytest.raises(JournalError, match="COMPLETE"):
+        recover_store(live, staged, backup, journal)
+    assert content_of(live) == "old"
+
+
 def test_a_staged_store_without_any_journal_is_rolled_back(stores: tuple[Path, Path, Path]) -> None:
     live, staged, backup = stores
     make_store(live, "old")
@@ -144,7 +183,7 @@ def test_a_crash_after_the_commit_write_before_any_swap_rolls_forward(
         stores: tuple[Path, Path, Path], journal: RestoreJournal) -> None:
     live, staged, backup = stores
     make_store(live, "old")
-    make_store(staged, "new")
+    make_complete_staged(staged, "new")
     commit(journal)
     assert recover_store(live, staged, backup, journal) is RecoveryAction.ROLLED_FORWARD
     assert content_of(live) == "new" and content_of(backup) == "old" and not staged.exists()
@@ -154,7 +193,7 @@ def test_a_crash_between_the_two_renames_rolls_forward(
         stores: tuple[Path, Path, Path], journal: RestoreJournal) -> None:
     live, staged, backup = stores
     make_store(backup, "old")  # live -> backup happened, staged -> live did not
-    make_store(staged, "new")
+    make_complete_staged(staged, "new")
     commit(journal)
     assert recover_store(live, staged, backup, journal) is RecoveryAction.ROLLED_FORWARD
     assert content_of(live) == "new" and content_of(backup) == "old" and not staged.exists()
@@ -173,7 +212,7 @@ def test_a_crash_after_the_swap_before_end_changes_nothing(
 def test_a_committed_restore_of_a_node_without_a_store_rolls_forward(
         stores: tuple[Path, Path, Path], journal: RestoreJournal) -> None:
     live, staged, backup = stores
-    make_store(staged, "new")
+    make_complete_staged(staged, "new")
     commit(journal)
     assert recover_store(live, staged, backup, journal) is RecoveryAction.ROLLED_FORWARD
     assert content_of(live) == "new" and not backup.exists()
@@ -183,7 +222,7 @@ def test_a_stale_backup_is_replaced_when_rolling_forward(
         stores: tuple[Path, Path, Path], journal: RestoreJournal) -> None:
     live, staged, backup = stores
     make_store(live, "old")
-    make_store(staged, "new")
+    make_complete_staged(staged, "new")
     make_store(backup, "older")
     entry = commit(journal)
     assert recover_store(live, staged, backup, entry) is RecoveryAction.ROLLED_FORWARD
