@@ -183,6 +183,27 @@ def cmd_load(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------- send
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pycita.generate import GenerateParams, generate
+
+    nd = _node_dir(args.node_dir)
+    params = GenerateParams(accounts=args.accounts, blocks=args.blocks, contracts=args.contracts, slots=args.slots,
+                            txs_per_block=args.txs_per_block, seed=args.seed, verify_senders=args.verify_senders)
+    every = max(1, args.blocks // 20)
+
+    def progress(height: int, done: int, txs: int) -> None:
+        if not args.json and (done % every == 0 or done == args.blocks):
+            print(f"  block {height} ({done}/{args.blocks}), {txs} txs", file=sys.stderr, flush=True)
+
+    report = generate(nd, params, progress)
+    if args.json:
+        _out(json.dumps(report.to_json()))
+    else:
+        _out(f"generated {report.blocks} blocks ({report.transactions} txs) in {report.seconds:.1f} s: "
+             f"height {report.height} {report.block_hash} state {report.state_root}")
+    return 0
+
+
 def _parse_int(text: str) -> int:
     try:
         return int(text, 0)
@@ -321,6 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=float, required=True, metavar="SECONDS")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_load)
+
+    g = sub.add_parser("generate", help="append a generated, valid chain (signed blocks, state) to a stopped node")
+    g.add_argument("node_dir", help="node directory made by pycita create, e.g. test-chain/0")
+    g.add_argument("--accounts", type=int, default=1000, help="new accounts, one TRANSFER each (default: 1000)")
+    g.add_argument("--blocks", type=int, default=100, help="blocks to append (default: 100)")
+    g.add_argument("--contracts", type=int, default=0, help="contracts to deploy, each with an ABI (default: 0)")
+    g.add_argument("--slots", type=int, default=0, help="storage slots written over the contracts (default: 0)")
+    g.add_argument("--txs-per-block", type=int, default=5000, help="most transactions a block (default: 5000)")
+    g.add_argument("--seed", type=int, default=1, help="seed of the generated addresses and slots (default: 1)")
+    g.add_argument("--verify-senders", action="store_true", help="recover every signature while executing")
+    g.add_argument("--json", action="store_true", help="print the report as JSON")
+    g.set_defaults(func=cmd_generate)
 
     send = sub.add_parser("send", help="send one signed transaction through a node's JSON-RPC")
     kinds = send.add_subparsers(dest="kind", required=True, metavar="KIND", parser_class=_Parser)

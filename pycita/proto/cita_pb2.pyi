@@ -201,18 +201,22 @@ class BlockTxsReq(_message.Message):
     def __init__(self, height: _Optional[int] = ..., max_count: _Optional[int] = ..., quota_limit: _Optional[int] = ...) -> None: ...
 
 class BlockTxs(_message.Message):
-    __slots__ = ("height", "raw_txs")
+    __slots__ = ("height", "raw_txs", "senders")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     RAW_TXS_FIELD_NUMBER: _ClassVar[int]
+    SENDERS_FIELD_NUMBER: _ClassVar[int]
     height: int
     raw_txs: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, height: _Optional[int] = ..., raw_txs: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    senders: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, height: _Optional[int] = ..., raw_txs: _Optional[_Iterable[bytes]] = ..., senders: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class BlockProposal(_message.Message):
-    __slots__ = ("block",)
+    __slots__ = ("block", "senders")
     BLOCK_FIELD_NUMBER: _ClassVar[int]
+    SENDERS_FIELD_NUMBER: _ClassVar[int]
     block: bytes
-    def __init__(self, block: _Optional[bytes] = ...) -> None: ...
+    senders: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, block: _Optional[bytes] = ..., senders: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ExecutedResult(_message.Message):
     __slots__ = ("height", "proposal_hash", "state_root", "receipts_root", "quota_used", "log_bloom", "receipts", "error")

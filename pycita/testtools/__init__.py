@@ -19,5 +19,6 @@ network after the test, keeping every file when the test failed.
 from pycita.testtools.cleanup import CleanupPolicy
 from pycita.testtools.network import Network
 from pycita.testtools.node import Node, WaitTimeout
+from pycita.testtools.snapshot import Snapshot, SnapshotToolFailed
 
-__all__ = ["CleanupPolicy", "Network", "Node", "WaitTimeout"]
+__all__ = ["CleanupPolicy", "Network", "Node", "Snapshot", "SnapshotToolFailed", "WaitTimeout"]

@@ -6,6 +6,7 @@ import atexit
 import logging
 import signal as _signal
 import time
+import urllib.parse
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from pycita import node as nodelib
 from pycita.config import NodeConfig
 from pycita.errors import PycitaError
 from pycita.testtools.cleanup import CleanupPolicy, clean_node_dir, default_policy
+from pycita.testtools.snapshot import Snapshot, as_snapshot, run_snapshot_tool
 
 if TYPE_CHECKING:
     from pycita.client import Client
@@ -91,20 +93,77 @@ class Node:
         return path.read_text(errors="replace") if path.exists() else ""
 
     # --------------------------------------------------------- lifecycle
-    def run(self, load_snapshot_from: Any = None, timeout: float = nodelib.DEFAULT_START_TIMEOUT) -> None:
+    def run(self, load_snapshot_from: Snapshot | str | Path | None = None,
+            timeout: float = nodelib.DEFAULT_START_TIMEOUT) -> None:
         """Start the node; return once every service answers on the bus.
 
+        With ``load_snapshot_from`` (a :class:`~pycita.testtools.snapshot.Snapshot`,
+        or a path: the prefix ``/x/snap`` of ``/x/snap_chain.rlp`` and
+        ``/x/snap_executor.rlp``, or either file) the files are copied into the
+        node's ``snapshots/`` directory and ``snapshot_tool -m restore`` brings
+        the started node to the snapshot's height.
         On failure the node is stopped again (its logs stay) and the error is raised.
         """
-        if load_snapshot_from is not None:
-            raise NotImplementedError("snapshot restore arrives with issue 3")
+        snapshot = as_snapshot(load_snapshot_from) if load_snapshot_from is not None else None
         self._closed = False
         _live_nodes.add(self)
         try:
             nodelib.start(self.directory, timeout=timeout)
+            if snapshot is not None:
+                self.load_snapshot(snapshot)
         except BaseException:
             self._stop_quietly()
             raise
+
+    # ---------------------------------------------------------- snapshots
+    def fresh_copy(self, directory: str | Path, *, cleanup_policy: CleanupPolicy | None = None) -> Node:
+        """A new, empty node directory of the same chain: this node's key, genesis and settings,
+        its own RabbitMQ vhost and JSON-RPC port, no data (e.g. to restore a snapshot into)."""
+        import dataclasses
+        import shutil
+
+        from pycita.config import write_node_config
+        from pycita.rabbit import amqp_url
+
+        target = Path(directory).resolve()
+        if target.exists() and any(target.iterdir()):
+            raise PycitaError(f"{target} exists and is not empty")
+        target.mkdir(parents=True, exist_ok=True)
+        for sub in nodelib.NODE_DIRS:
+            (target / sub).mkdir()
+        for name in ("privkey", "genesis.json"):
+            shutil.copy2(self.directory / name, target / name)
+        accounts = self.directory.parent / "accounts.json"
+        if self.network is not None and accounts.exists() and not (target.parent / "accounts.json").exists():
+            shutil.copy2(accounts, target.parent / "accounts.json")
+        cfg = self.config
+        parsed = urllib.parse.urlsplit(cfg.amqp_url)
+        new_cfg = dataclasses.replace(
+            cfg, node_dir=target, jsonrpc_port=nodelib.free_ports(1)[0],
+            amqp_url=amqp_url(nodelib.vhost_name(target, 0), host=parsed.hostname or "127.0.0.1",
+                              port=parsed.port or 5672))
+        write_node_config(new_cfg)
+        return Node(target, cleanup_policy=cleanup_policy or self.cleanup_policy)
+
+    def snapshot_dir(self) -> Path:
+        return self.config.snapshot_dir
+
+    def dump_snapshot(self, name: str = "snapshot", height: int | None = None) -> Snapshot:
+        """Run ``snapshot_tool -m snapshot [-e height] -f name`` in the node directory; return the snapshot."""
+        args = ["-m", "snapshot", "-f", name, "-q"]
+        if height is not None:
+            args += ["-e", str(height)]
+        run_snapshot_tool(args, cwd=self.directory)
+        directory = self.snapshot_dir()
+        return Snapshot.from_files(directory / f"{name}_chain.rlp", directory / f"{name}_executor.rlp")
+
+    def load_snapshot(self, snapshot: Snapshot | str | Path, block_hash: str | None = None) -> None:
+        """Copy ``snapshot`` into this running node's snapshots directory and run ``snapshot_tool -m restore``."""
+        snap = as_snapshot(snapshot).copy_to(self.snapshot_dir())
+        args = ["-m", "restore", "-f", snap.name, "-q"]
+        if block_hash is not None:
+            args += ["--block", block_hash]
+        run_snapshot_tool(args, cwd=self.directory)
 
     def is_running(self) -> bool:
         return nodelib.is_running(self.directory)

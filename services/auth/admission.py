@@ -130,22 +130,30 @@ class Admitter:
         Nothing is removed: the pool lets go of a transaction only when a committed
         block lists it. Empty while not ready.
         """
+        return self.block_txs_with_senders(height, max_count, quota_limit)[0]
+
+    def block_txs_with_senders(self, height: int, max_count: int,
+                               quota_limit: int) -> tuple[list[bytes], list[bytes]]:
+        """:meth:`block_txs` and, in the same order, the sender recovered from each at admission."""
         if not self.ready:
-            return []
+            return [], []
         budget = quota_limit or self.rules.quota_limit
         limit = max_count or len(self.pool)
         out: list[bytes] = []
+        senders: list[bytes] = []
         used = 0
+        window = self.window
         for tx in self.pool:
             if len(out) >= limit:
                 break
             if tx.valid_until_block < height or tx.quota > budget - used:
                 continue
-            if self.window.has_hash(tx.hash) or self.window.has_sender_nonce(tx.sender, tx.nonce):
+            if window.has_hash(tx.hash) or window.has_sender_nonce(tx.sender, tx.nonce):
                 continue
             out.append(tx.raw)
+            senders.append(tx.sender)
             used += tx.quota
-        return out
+        return out, senders
 
     # -- following the chain -----------------------------------------------------
     def on_new_block(self, height: int, keys: Iterable[TxKeyView]) -> None:

@@ -102,13 +102,19 @@ class AuthService(Service):
     # -- handlers ---------------------------------------------------------------
     def _on_new_tx_batch(self, env: pb.Message, batch: pb.NewTxBatch) -> None:
         verdicts = self.admitter.admit_batch(list(batch.raw_txs), flight_mode=self.flight_mode)
+        refused = [v for v in verdicts if not v.ok]
+        if refused:
+            log.info("auth: rejected %d of %d transactions, e.g. 0x%s: code %d %s", len(refused), len(verdicts),
+                     refused[0].tx_hash.hex(), int(refused[0].code), refused[0].error[:200])
         resp = pb.TxResponse(results=[pb.TxResult(tx_hash=v.tx_hash, ok=v.ok, code=int(v.code), error=v.error)
                                       for v in verdicts])
         self._reply("tx_response", resp, env)
 
     def _on_block_txs_req(self, env: pb.Message, req: pb.BlockTxsReq) -> None:
-        raw_txs = [] if self.flight_mode else self.admitter.block_txs(req.height, req.max_count, req.quota_limit)
-        self._reply("block_txs", pb.BlockTxs(height=req.height, raw_txs=raw_txs), env)
+        raw_txs, senders = ([], []) if self.flight_mode else \
+            self.admitter.block_txs_with_senders(req.height, req.max_count, req.quota_limit)
+        # senders: recovered from each tx's signature at admission (the pool keeps them with the raw tx)
+        self._reply("block_txs", pb.BlockTxs(height=req.height, raw_txs=raw_txs, senders=senders), env)
 
     def _on_new_block(self, env: pb.Message, nb: pb.NewBlock) -> None:
         self.admitter.on_new_block(nb.height, _keys(nb.txs))

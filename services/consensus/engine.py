@@ -21,7 +21,8 @@ One height goes through these phases (ARCHITECTURE.md steps 1, 3, 5, 8)::
 * An executor error abandons the attempt; it is retried one interval later
   in the next round.
 * A phase that sees no progress for ``stuck_timeout`` seconds (default
-  ``max(3 * interval, 5 s)``) is abandoned and retried in the next round;
+  ``max(3 * interval, 5 s)`` plus ``PER_TX_TIMEOUT`` per transaction of the
+  proposal, so a big block on a busy machine is not thrown away) is abandoned and retried in the next round;
   except WAIT_COMMIT: a block with a quorum certificate is decided, so the
   same ``block_with_proof`` is published again instead (the chain ignores
   a block it already has).
@@ -51,6 +52,7 @@ from pycita.types import EMPTY_BLOOM, ZERO_HASH, Block, Header, SignedTransactio
 log = logging.getLogger(__name__)
 
 MIN_STUCK_TIMEOUT = 5.0
+PER_TX_TIMEOUT = 0.004  # seconds of extra patience per transaction in the proposal
 
 
 class ConsensusError(PycitaError):
@@ -88,6 +90,12 @@ class EngineConfig:
         if self.stuck_timeout is not None:
             return self.stuck_timeout
         return max(3 * self.block_interval, MIN_STUCK_TIMEOUT)
+
+    def timeout_for(self, tx_count: int) -> float:
+        """How long an attempt carrying ``tx_count`` transactions may make no progress."""
+        if self.stuck_timeout is not None:
+            return self.stuck_timeout
+        return self.timeout + PER_TX_TIMEOUT * tx_count
 
     def proposer_of(self, height: int) -> bytes:
         return self.validators[height % len(self.validators)]
@@ -247,7 +255,7 @@ class Engine:
             return []
         att = self.attempt
         if att is not None:
-            if now - att.since < self.config.timeout:
+            if now - att.since < self.config.timeout_for(len(att.block.transactions) if att.block else 0):
                 return []
             if att.phase == Phase.WAIT_COMMIT and att.commit_msg is not None:
                 log.warning("consensus: block %s not committed after %.1f s; publishing it again",
@@ -278,12 +286,21 @@ class Engine:
             log.debug("consensus: ignoring block_txs for height %s", msg.height)
             return []
         assert self.tip is not None
+        # auth's senders (recovered at admission) travel with the proposal so the executor
+        # need not recover them again; forwarded only when there is exactly one 20-byte
+        # sender per raw tx, else the executor recovers every signature itself.
+        raw_senders = list(msg.senders)
+        with_senders = len(raw_senders) == len(msg.raw_txs) and all(len(s) == 20 for s in raw_senders)
         txs: list[SignedTransaction] = []
+        senders: list[bytes] = []
         for i, raw in enumerate(msg.raw_txs):
             try:
                 txs.append(decode_as(raw, SignedTransaction, f"transaction {i} of block_txs"))
             except DecodeError as exc:
                 log.warning("consensus: dropping undecodable tx from auth: %s", exc)
+                continue
+            if with_senders:
+                senders.append(raw_senders[i])
         block = self.build_proposal(txs, wall_ms if wall_ms is not None else int(time.time() * 1000))
         proposal = rlp.encode(block)
         att.block = block
@@ -292,7 +309,7 @@ class Engine:
         att.since = now
         self.blocks_proposed += 1
         log.info("consensus: proposing block %s round %s with %d txs", att.height, att.round, len(txs))
-        return [Outgoing("block_proposal", pb.BlockProposal(block=proposal))]
+        return [Outgoing("block_proposal", pb.BlockProposal(block=proposal, senders=senders))]
 
     def build_proposal(self, txs: Sequence[SignedTransaction], wall_ms: int) -> Block:
         """The proposal block on top of the tip (ARCHITECTURE.md step 3)."""

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from pycita.config import NodeConfig
-from pycita.errors import PycitaError
+from pycita.errors import DecodeError, PycitaError
 from pycita.genesis import Genesis
 from pycita.messages import pb
 from pycita.service import Service
@@ -80,9 +80,14 @@ class ConsensusService(Service):
         self._send(self.engine.on_rich_status(msg, time.time()))
 
     def _on_block_txs(self, env: pb.Message, msg: pb.BlockTxs) -> None:
+        if msg.height == 0:
+            raise DecodeError("block_txs", "height 0 (genesis) is never proposed")
         self._send(self.engine.on_block_txs(msg, time.time()))
 
     def _on_executed_result(self, env: pb.Message, msg: pb.ExecutedResult) -> None:
+        if msg.height == 0 or len(msg.proposal_hash) != 32:
+            raise DecodeError("executed_result", f"height {msg.height} with a {len(msg.proposal_hash)}-byte "
+                              "proposal hash names no proposal")
         self._send(self.engine.on_executed_result(msg, time.time()))
 
     def on_snapshot(self, req: pb.SnapshotReq, resp: pb.SnapshotResp) -> None:

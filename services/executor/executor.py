@@ -8,6 +8,9 @@ and follows ARCHITECTURE.md steps 4 and 7:
   *pending* (keyed by height and state root) without writing anything;
 * :meth:`Executor.on_chain_block` (``chain.rich_status`` / ``chain.new_block``)
   writes the matching pending result in one batch, or asks for a catch-up;
+  the block's full header (the proposal header with the executed roots,
+  quota_used and log_bloom, as consensus seals it) is stored with it when its
+  hash is the chain's (the snapshot's header chunks come from these);
 * :meth:`Executor.apply_synced_blocks` (``chain.sync_resp``) re-executes
   blocks from the chain, checks each header's state_root and receipts_root and
   commits them; a mismatch halts the executor for good (it never commits a
@@ -25,6 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import rlp
+
 from pycita.crypto import Hash32, keccak
 from pycita.errors import PycitaError
 from pycita.execution import (
@@ -39,7 +44,7 @@ from pycita.execution import (
 from pycita.genesis import Genesis
 from pycita.state import AccountCache, NodeStore, StateDB
 from pycita.storage import KV
-from pycita.types import Block, decode_as
+from pycita.types import EMPTY_BLOOM, Block, decode_as
 from services.executor import schema
 
 log = logging.getLogger(__name__)
@@ -89,6 +94,14 @@ class _Pending:
     height: int
     parent_hash: bytes
     result: ExecutionResult
+    headers: tuple[bytes, ...] = ()
+    """Sealed header RLPs of the proposals that gave this result (newest last)."""
+
+    def header_for(self, block_hash: bytes) -> bytes | None:
+        for header in reversed(self.headers):
+            if keccak(header) == block_hash:
+                return header
+        return None
 
 
 class Executor:
@@ -149,10 +162,20 @@ class Executor:
         except ValueError as exc:
             raise ExecutorError(f"executor store: height {height}: {exc}") from exc
 
-    def _commit(self, height: int, block_hash: bytes, result: ExecutionResult) -> None:
+    def header_rlp(self, height: int) -> bytes | None:
+        """The stored header RLP of committed ``height`` (None for genesis or when unknown)."""
+        return self.kv.get(schema.header_key(height))
+
+    def _commit(self, height: int, block_hash: bytes, result: ExecutionResult,
+                header_rlp: bytes | None = None) -> None:
         commit = result.commit
         puts = dict(commit.puts)
         puts[schema.height_key(height)] = schema.encode_height_entry(block_hash, commit.state_root)
+        if header_rlp is not None:
+            puts[schema.header_key(height)] = header_rlp
+        else:
+            log.warning("executor: no header of block %s 0x%s is known (no proposal sealed to that hash); "
+                        "snapshots including it will be refused", height, bytes(block_hash).hex()[:16])
         puts[schema.TIP] = schema.encode_tip(height)
         self.kv.write(puts)
         self.cache.advance(commit)
@@ -173,8 +196,15 @@ class Executor:
         state = StateDB(self.kv, self.tip.state_root, nodes=self.nodes, cache=self.cache)
         return execute_block(state, block, senders, chain_id=self.chain_id)
 
-    def execute_proposal(self, block_rlp: bytes) -> ProposalOutcome:
+    def execute_proposal(self, block_rlp: bytes, senders: Sequence[bytes] = ()) -> ProposalOutcome:
         """Execute a proposed block on the tip and keep the result pending.
+
+        ``senders`` (optional) are the transactions' senders as this node's auth
+        recovered them from the signatures at admission (``BlockProposal.senders``,
+        forwarded by this node's consensus from ``auth.block_txs``). They are used
+        only when there is exactly one 20-byte sender per transaction; otherwise
+        every signature is recovered here. Blocks from ``chain.sync_resp`` are
+        always recovered here.
 
         Raises :class:`pycita.errors.DecodeError` when ``block_rlp`` is not a block.
         """
@@ -196,13 +226,19 @@ class Executor:
             return ProposalOutcome(height, proposal_hash, None,
                                    f"parent hash 0x{header.parent_hash.hex()} is not the executor's block "
                                    f"{tip.height} 0x{tip.block_hash.hex()}")
+        known: list[bytes] | None = None
+        if senders and len(senders) == len(block.transactions) and all(len(a) == 20 for a in senders):
+            known = [bytes(a) for a in senders]
         try:
-            result = self._execute(block)
+            result = self._execute(block, known)
         except ExecutionError as exc:
             return ProposalOutcome(height, proposal_hash, None, str(exc))
         key = (height, bytes(result.state_root))
-        self._pending.pop(key, None)
-        self._pending[key] = _Pending(height, header.parent_hash, result)
+        sealed = rlp.encode(header.copy(state_root=result.state_root, receipts_root=result.receipts_root,
+                                        quota_used=result.quota_used, log_bloom=result.log_bloom or EMPTY_BLOOM))
+        previous = self._pending.pop(key, None)
+        headers = (previous.headers if previous is not None else ())[-7:] + (sealed,)
+        self._pending[key] = _Pending(height, header.parent_hash, result, headers)
         while len(self._pending) > MAX_PENDING:
             del self._pending[next(iter(self._pending))]
         log.debug("executor: executed proposal %s (%s txs) -> state 0x%s", height, len(block.transactions),
@@ -226,7 +262,7 @@ class Executor:
         if height == tip.height + 1:
             pending = self._find_pending(height, state_root)
             if pending is not None:
-                self._commit(height, block_hash, pending.result)
+                self._commit(height, block_hash, pending.result, pending.header_for(bytes(block_hash)))
                 self._sync_asked = None
                 return None
             if state_root is None and any(k[0] == height for k in self._pending):
@@ -275,7 +311,7 @@ class Executor:
                 self.halted = f"block {header.number} cannot be executed: {exc}"
                 log.critical("executor: HALTED: %s", self.halted)
                 raise
-            self._commit(header.number, block.hash, result)
+            self._commit(header.number, block.hash, result, rlp.encode(header))
             progressed = True
         if progressed:
             self._sync_asked = None

@@ -9,9 +9,16 @@ key                        value
 ``a`` + abi hash           contract ABI
 ``e`` + be64(height)       block hash (32 bytes) + state root (32 bytes) of the
                            committed block at ``height``
+``h`` + be64(height)       header RLP of the committed block at ``height`` (its keccak
+                           is the block hash; the snapshot's header chunks)
 ``m:tip``                  be64(height) of the newest committed block
 ``m:genesis``              hash of the genesis block this store belongs to
 =========================  ==========================================================
+
+A restored store holds the state of the snapshot height H only (plus the
+genesis state), headers and height entries 1..H, and each code/ABI blob of
+the snapshot under both ``c`` and ``a`` (content-addressed, so an unused
+copy is harmless).
 
 Trie nodes, code and ABIs are content-addressed and never deleted, so the
 state of every height in ``e`` stays readable (historical queries, snapshots
@@ -27,6 +34,7 @@ __all__ = [
     "ABI_PREFIX",
     "CODE_PREFIX",
     "GENESIS",
+    "HEADER_PREFIX",
     "HEIGHT_PREFIX",
     "NODE_PREFIX",
     "TIP",
@@ -36,11 +44,13 @@ __all__ = [
     "decode_tip",
     "encode_height_entry",
     "encode_tip",
+    "header_key",
     "height_key",
     "node_key",
 ]
 
 HEIGHT_PREFIX = b"e"
+HEADER_PREFIX = b"h"
 TIP = b"m:tip"
 GENESIS = b"m:genesis"
 
@@ -48,6 +58,11 @@ GENESIS = b"m:genesis"
 def height_key(height: int) -> bytes:
     """Key of the (block hash, state root) of the committed block at ``height``."""
     return HEIGHT_PREFIX + height.to_bytes(8, "big")
+
+
+def header_key(height: int) -> bytes:
+    """Key of the header RLP of the committed block at ``height``."""
+    return HEADER_PREFIX + height.to_bytes(8, "big")
 
 
 def encode_height_entry(block_hash: bytes, state_root: bytes) -> bytes:

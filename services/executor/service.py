@@ -13,9 +13,20 @@ consumes                        publishes                     what
 ``jsonrpc.executor_query``      ``executor.rpc_response``     getBalance, getTransactionCount, getCode, getAbi,
                                                               getStorageAt at "latest" or a height
 ``cli.ping``                    ``executor.pong``             height, block_hash, state_root, halted
-``snapshot.snapshot_req``       ``executor.snapshot_resp``    snapshot protocol (default handling for now)
+``snapshot.snapshot_req``       ``executor.snapshot_resp``,   snapshot protocol (below)
+                                ``executor.snapshot_progress``
 (timer, every second)           (``executor.sync_req``)       retry a catch-up the chain has not answered
 ==============================  ============================  ==================================================
+
+Snapshot protocol (domain in :mod:`services.executor.snapshot`): Snapshot(H)
+exports the state of H and headers 1..H in a worker thread (SnapshotAck with
+height, block_hash, state_root, file, file_size); Begin: flight mode (no
+catch-up, no commits from chain announcements); Restore: verify the file,
+cross-checked with the chain file's manifest, into ``data/executor.staged``
+in a worker thread (RestoreAck with height, block_hash, state_root); Clear:
+swap it live; End: drop the backup, leave flight mode; Abort: cancel, drop
+staged data, leave flight mode. Start-up runs
+:func:`pycita.snapshot.journal.recover_store` before opening the store.
 
 Replies carry the request's envelope ``request_id`` and, when the request came
 through :meth:`pycita.mq.Bus.request`, its AMQP ``correlation_id``. On its
@@ -34,10 +45,21 @@ from pycita.errors import PycitaError
 from pycita.execution import BlockMismatch, ExecutionError
 from pycita.genesis import Genesis
 from pycita.messages import pack, pb
-from pycita.service import Service, run_service
+from pycita.service import ANSWER_LATER, Service, SnapshotJob, SnapshotStepFailed, run_service
+from pycita.snapshot.files import snapshot_files
+from pycita.snapshot.journal import (
+    RestoreJournal,
+    commit_staged,
+    discard_staged,
+    read_complete_marker,
+    recover_store,
+    remove_backup,
+    store_paths,
+)
 from pycita.storage import LevelDB
 from services.executor.executor import Executor, ProposalOutcome, SyncRange
 from services.executor.rpc import ExecutorRpc, RpcError
+from services.executor.snapshot import export_state, restore_state
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +73,13 @@ class ExecutorService(Service):
 
     def __init__(self, cfg: NodeConfig, bus: Any) -> None:
         super().__init__(cfg, bus)
-        self.store = LevelDB(cfg.service_data("executor"))
-        try:
-            self.genesis = Genesis.load(cfg.genesis_path)
-            self.executor = Executor(self.store, self.genesis)
-        except Exception:
-            self.store.close()
-            raise
-        self.rpc = ExecutorRpc(self.executor)
+        self.genesis = Genesis.load(cfg.genesis_path)
+        self.paths = store_paths(cfg.data_dir, "executor")
+        action = recover_store(*self.paths, RestoreJournal(cfg.run_dir))
+        log.info("executor: start-up recovery of %s: %s", self.paths[0], action.value)
+        self._open_store()
+        self._export: SnapshotJob | None = None
+        self._restore: SnapshotJob | None = None
         self._props: Any = None
         self.handlers.update({
             "block_proposal": self._on_block_proposal,
@@ -92,13 +113,28 @@ class ExecutorService(Service):
     def start(self) -> None:
         self.bus.call_every(TICK_SECONDS, self._tick)
 
+    def _open_store(self) -> None:
+        self.store = LevelDB(self.paths[0])
+        try:
+            self.executor = Executor(self.store, self.genesis)
+        except Exception:
+            self.store.close()
+            raise
+        self.rpc = ExecutorRpc(self.executor)
+
     def close(self) -> None:
+        for job in (self._export, self._restore):
+            if job is not None and job.running:
+                job.cancel()
+                job.join(10.0)
         self.store.close()
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), **self.executor.status()}
 
     def _tick(self) -> None:
+        if self.flight_mode:
+            return
         try:
             self._request_sync(self.executor.tick())
         except PycitaError:
@@ -106,7 +142,7 @@ class ExecutorService(Service):
 
     # -- handlers -------------------------------------------------------------
     def _on_block_proposal(self, env: pb.Message, msg: pb.BlockProposal) -> None:
-        outcome = self.executor.execute_proposal(msg.block)
+        outcome = self.executor.execute_proposal(msg.block, list(msg.senders))
         self._reply("executed_result", executed_result_message(outcome), env)
         self._request_sync(outcome.sync)
 
@@ -115,13 +151,19 @@ class ExecutorService(Service):
             log.error("executor: rich_status of genesis 0x%s ignored (ours is 0x%s)", msg.genesis_hash.hex(),
                       self.genesis.hash.hex())
             return
+        if self.flight_mode:  # the chain may already serve a restored store this executor has not swapped in
+            return
         state_root = bytes(msg.state_root) if len(msg.state_root) == 32 else None
         self._request_sync(self.executor.on_chain_block(msg.height, bytes(msg.hash), state_root))
 
     def _on_new_block(self, env: pb.Message, msg: pb.NewBlock) -> None:
+        if self.flight_mode:
+            return
         self._request_sync(self.executor.on_chain_block(msg.height, bytes(msg.hash), None))
 
     def _on_sync_resp(self, env: pb.Message, msg: pb.SyncResp) -> None:
+        if self.flight_mode:
+            return
         try:
             rng = self.executor.apply_synced_blocks(list(msg.blocks), msg.tip)
         except (BlockMismatch, ExecutionError):
@@ -133,8 +175,156 @@ class ExecutorService(Service):
             result = self.rpc.handle(msg.method, msg.params_json)
             resp = pb.RpcResponse(code=0, result_json=json.dumps(result))
         except RpcError as exc:
+            log.info("executor: query %.64r failed: %s %s", msg.method, exc.code, exc.message[:200])
             resp = pb.RpcResponse(code=exc.code, error=exc.message)
         self._reply("rpc_response", resp, env)
+
+
+    # -- snapshot protocol ----------------------------------------------------------
+    def on_snapshot(self, req: pb.SnapshotReq, resp: pb.SnapshotResp) -> Any:
+        cmd = req.cmd
+        if cmd == pb.Snapshot:
+            return self._snapshot(req, resp)
+        if cmd == pb.Begin:
+            self.flight_mode = True
+        elif cmd == pb.Restore:
+            return self._stage(req, resp)
+        elif cmd == pb.Clear:
+            self._clear(req, resp)
+        elif cmd == pb.End:
+            remove_backup(self.paths[2])
+            self.flight_mode = False
+        elif cmd == pb.Abort:
+            self._abort()
+        return None
+
+    def _same_job(self, job: SnapshotJob | None, req: pb.SnapshotReq) -> SnapshotJob | None:
+        if job is not None and req.request_id and job.request_id == req.request_id and job.cmd == req.cmd:
+            return job
+        return None
+
+    def _snapshot(self, req: pb.SnapshotReq, resp: pb.SnapshotResp) -> Any:
+        again = self._same_job(self._export, req)
+        if again is not None:
+            if not again.running:
+                self.answer_snapshot(again.resp)
+            return ANSWER_LATER
+        for job in (self._export, self._restore):
+            if job is not None and job.running:
+                raise SnapshotStepFailed(f"executor: another snapshot operation (request {job.request_id}) "
+                                         f"is running")
+        try:
+            _, path = snapshot_files(req.directory, self.cfg.snapshot_dir, req.file)
+        except PycitaError as exc:
+            raise SnapshotStepFailed(f"executor: {exc}") from exc
+        height = req.end_height
+        tip = self.executor.tip.height
+        if height == 0 or height > tip:
+            raise SnapshotStepFailed(f"executor: cannot export height {height}: the executor has committed "
+                                     f"up to {tip}")
+        resp.file = str(path)
+        kv = self.store
+
+        def work(job: SnapshotJob) -> None:
+            def progress(accounts: int, blocks: int, _chunks: int, _bytes: int) -> None:
+                job.progress("export", accounts=accounts, blocks=blocks)
+
+            try:
+                result = export_state(kv, self.genesis, path, height, check=job.check, progress=progress)
+            except PycitaError as exc:
+                raise SnapshotStepFailed(f"executor: {exc}") from exc
+            job.resp.height = result.height
+            job.resp.block_hash = result.block_hash
+            job.resp.state_root = result.state_root
+            job.resp.file_size = result.file_size
+            log.info("executor: exported the state of block %d (%d accounts) to %s (%d bytes)", result.height,
+                     result.accounts, path, result.file_size)
+
+        self._export = self.start_snapshot_job(req, resp, work)
+        return ANSWER_LATER
+
+    def _stage(self, req: pb.SnapshotReq, resp: pb.SnapshotResp) -> Any:
+        again = self._same_job(self._restore, req)
+        if again is not None:
+            if not again.running:
+                if again.resp.flag and read_complete_marker(self.paths[1]) is None:
+                    raise SnapshotStepFailed("executor: the staged store of this restore was discarded")
+                self.answer_snapshot(again.resp)
+            return ANSWER_LATER
+        for job in (self._export, self._restore):
+            if job is not None and job.running:
+                raise SnapshotStepFailed(f"executor: another snapshot operation (request {job.request_id}) "
+                                         f"is running")
+        try:
+            chain_path, path = snapshot_files(req.directory, self.cfg.snapshot_dir, req.file)
+        except PycitaError as exc:
+            raise SnapshotStepFailed(f"executor: {exc}") from exc
+        resp.file = str(path)
+        staged = self.paths[1]
+        trusted = bytes(req.trusted_block_hash) or None
+
+        def work(job: SnapshotJob) -> None:
+            def progress(accounts: int, blocks: int, chunks: int, done: int) -> None:
+                job.progress("restore", accounts=accounts, blocks=blocks, chunks_done=chunks, bytes_done=done)
+
+            try:
+                result = restore_state(path, chain_path, self.genesis, staged, trusted_hash=trusted,
+                                       check=job.check, progress=progress)
+            except PycitaError as exc:
+                raise SnapshotStepFailed(f"executor: restore refused: {exc}") from exc
+            job.resp.height = result.height
+            job.resp.block_hash = result.block_hash
+            job.resp.state_root = result.state_root
+            job.resp.file_size = result.file_size
+
+        def finish(job: SnapshotJob) -> None:
+            if not job.resp.flag:
+                discard_staged(staged)
+
+        self._restore = self.start_snapshot_job(req, resp, work, finish)
+        return ANSWER_LATER
+
+    def _clear(self, req: pb.SnapshotReq, resp: pb.SnapshotResp) -> None:
+        if self._restore is not None and self._restore.running:
+            raise SnapshotStepFailed("executor: Clear while the restore is still verifying")
+        self.flight_mode = True
+        live, staged, backup = self.paths
+        want_hash = bytes(req.block_hash)
+        if staged.exists():
+            marker = read_complete_marker(staged)
+            if marker is None:
+                raise SnapshotStepFailed(f"executor: the staged store {staged} is incomplete; restore again")
+            if req.end_height and (marker["height"], marker["block_hash"]) != (req.end_height, want_hash):
+                raise SnapshotStepFailed(
+                    f"executor: the staged store holds block {marker['height']} "
+                    f"0x{marker['block_hash'].hex()}, Clear names {req.end_height} 0x{want_hash.hex()}")
+            self.store.close()
+            try:
+                commit_staged(live, staged, backup)
+            finally:
+                self._open_store()
+            log.info("executor: restored state is live at block %s", self.executor.tip.height)
+        tip = self.executor.tip
+        if req.end_height and (tip.height != req.end_height or (want_hash and tip.block_hash != want_hash)):
+            raise SnapshotStepFailed(f"executor: nothing staged and the live tip is {tip.height} "
+                                     f"0x{tip.block_hash.hex()}, not the restored {req.end_height} "
+                                     f"0x{want_hash.hex()}")
+        resp.height = tip.height
+        resp.block_hash = tip.block_hash
+        resp.state_root = tip.state_root
+
+    def _abort(self) -> None:
+        if self._export is not None and self._export.running:
+            self._export.cancel()
+        job = self._restore
+        if job is not None:
+            with job.lock:
+                job.cancel()
+                if job.done:
+                    discard_staged(self.paths[1])
+        else:
+            discard_staged(self.paths[1])
+        self.flight_mode = False
 
 
 def executed_result_message(outcome: ProposalOutcome) -> pb.ExecutedResult:

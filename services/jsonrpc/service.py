@@ -34,7 +34,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from pycita.config import NodeConfig
-from pycita.errors import PycitaError
+from pycita.errors import DecodeError, PycitaError
 from pycita.messages import pb
 from pycita.service import Service
 from services.jsonrpc.server import (
@@ -162,12 +162,16 @@ class JsonRpcService(Service):
 
     # -- bus handlers (loop thread) -------------------------------------
     def _on_tx_response(self, env: pb.Message, msg: pb.TxResponse) -> None:
-        if not self.pending.resolve(env.request_id, msg):
-            log.debug("jsonrpc: late or unknown tx_response %s", env.request_id)
+        self._resolve("tx_response", env, msg)
 
     def _on_rpc_response(self, env: pb.Message, msg: pb.RpcResponse) -> None:
+        self._resolve("rpc_response", env, msg)
+
+    def _resolve(self, what: str, env: pb.Message, msg: Any) -> None:
+        if not env.request_id:
+            raise DecodeError(what, "no request_id: it answers no request")
         if not self.pending.resolve(env.request_id, msg):
-            log.debug("jsonrpc: late or unknown rpc_response %s", env.request_id)
+            log.info("jsonrpc: dropping late or unknown %s %.64r", what, env.request_id)
 
     def _on_rich_status(self, env: pb.Message, msg: pb.RichStatus) -> None:
         self.tip_height = msg.height

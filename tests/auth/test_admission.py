@@ -18,7 +18,7 @@ from pycita.errors import DecodeError
 from pycita.genesis import Genesis
 from pycita.messages import pack, pb, unpack
 from pycita.storage import LevelDB
-from pycita.types import Action, Transaction, sign_transaction
+from pycita.types import Action, SignedTransaction, Transaction, sign_transaction
 from services.auth.admission import Admitter, Rules, Verdict
 from services.auth.pool import RecentWindow, TxKeyView, TxPool
 from services.auth.service import AuthService
@@ -332,6 +332,8 @@ def test_the_service_answers_block_txs_requests(service: tuple[AuthService, Fake
     [(key, env, _kw)] = bus.published
     assert key == "auth.block_txs" and env.block_txs.height == TIP + 1
     assert list(env.block_txs.raw_txs) == raws[:2]
+    senders = [rlp.decode(r, SignedTransaction).sender() for r in raws[:2]]
+    assert list(env.block_txs.senders) == senders  # recovered at admission, one per raw tx
 
 
 def test_the_service_follows_new_blocks_and_reports_its_status(service: tuple[AuthService, FakeBus]) -> None:

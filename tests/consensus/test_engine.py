@@ -308,3 +308,19 @@ def test_the_service_turns_bus_messages_into_a_committed_block(tmp_path: Path) -
     svc.dispatch(*pack("snapshot", "snapshot_req", begin))
     assert svc.flight_mode and svc.engine.phase is Phase.IDLE
     assert bus.sent[-1][0] == "consensus.snapshot_resp"
+
+
+def test_auth_senders_travel_with_the_proposal_only_when_complete() -> None:
+    raws = signed_txs(2)
+    senders = [KEY.address, KEY.address]
+    engine = make_engine()
+    engine.on_rich_status(status(0, GENESIS_HASH, GENESIS_TS), 0.0)
+    req = only(engine.tick(100.0), "block_txs_req")
+    msg = pb.BlockTxs(height=req.content.height, raw_txs=raws, senders=senders)
+    proposal = only(engine.on_block_txs(msg, 100.0), "block_proposal")
+    assert list(proposal.content.senders) == senders
+    engine = make_engine()
+    engine.on_rich_status(status(0, GENESIS_HASH, GENESIS_TS), 0.0)
+    only(engine.tick(100.0), "block_txs_req")
+    partial = pb.BlockTxs(height=1, raw_txs=raws, senders=senders[:1])
+    assert list(only(engine.on_block_txs(partial, 100.0), "block_proposal").content.senders) == []

@@ -112,6 +112,20 @@ def test_a_proposal_at_the_tip_executes_without_committing_until_the_chain_confi
     assert executor.status()["pending"] == 0
 
 
+def test_senders_from_auth_are_used_when_complete_and_recovered_otherwise() -> None:
+    txs = [transfer(ALICE, 7, 1), transfer(BOB, 3, 1)]
+    plain = Executor(MemoryKV(), GENESIS).execute_proposal(proposal(Executor(MemoryKV(), GENESIS), txs))
+    given = Executor(MemoryKV(), GENESIS)
+    with_senders = given.execute_proposal(proposal(given, txs), [ALICE.address, BOB.address])
+    assert plain.result is not None and with_senders.result is not None
+    assert with_senders.result.state_root == plain.result.state_root
+    assert with_senders.result.receipt_rlps == plain.result.receipt_rlps
+    # a sender list that does not fit (wrong count or size) is ignored: every signature is recovered
+    short = Executor(MemoryKV(), GENESIS)
+    fallback = short.execute_proposal(proposal(short, txs), [ALICE.address])
+    assert fallback.result is not None and fallback.result.state_root == plain.result.state_root
+
+
 def test_the_executed_result_message_carries_the_roots_and_receipts() -> None:
     executor = Executor(MemoryKV(), GENESIS)
     raw = proposal(executor, [transfer(ALICE, 7, 1)])

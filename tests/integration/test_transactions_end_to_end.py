@@ -19,8 +19,8 @@ import rlp
 from pycita.client import Client, RpcError, Wallet, from_hex, to_hex
 from pycita.execution import replay_blocks
 from pycita.genesis import Genesis
-from pycita.types import Block, SignedTransaction, contract_address, decode_as
 from pycita.testtools import Node
+from pycita.types import Block, SignedTransaction, contract_address, decode_as
 from services.chain.store import ChainStore
 
 pytestmark = pytest.mark.slow

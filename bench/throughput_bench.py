@@ -2,8 +2,8 @@
 
 Usage::
 
-    .venv/bin/python bench/throughput.py --tps 1500 --duration 30      # paced at 1500 tx/s
-    .venv/bin/python bench/throughput.py --tps 0 --count 30000         # as fast as the node accepts
+    .venv/bin/python bench/throughput_bench.py --tps 1500 --duration 30      # paced at 1500 tx/s
+    .venv/bin/python bench/throughput_bench.py --tps 0 --count 30000         # as fast as the node accepts
 
 What it does:
 
@@ -117,6 +117,13 @@ def proc_hwm_mib(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def system_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    return float(sum(vals) - idle), float(sum(vals))
 
 
 def find_rabbit_pid() -> int | None:
@@ -321,6 +328,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             tracked["rabbitmq"] = rabbit
         cpu0 = {n: proc_cpu(p) for n, p in tracked.items()}
         self0 = os.times()
+        sys0 = system_cpu()
 
         accepted, rejected, t_start, t_end = submit(url, txs, args.tps, args.batch, args.threads)
         n_acc = len(accepted)
@@ -335,6 +343,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t_drained = time.time()
         cpu1 = {n: proc_cpu(p) for n, p in tracked.items()}
         self1 = os.times()
+        sys1 = system_cpu()
         hwm = {n: proc_hwm_mib(p) for n, p in tracked.items()}
         watcher.stop_evt.set()
         watcher.join(5)
@@ -377,6 +386,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bench_cpu = (self1.user - self0.user) + (self1.system - self0.system)
         cpu["bench(client)"] = {"cpu_s": round(bench_cpu, 2), "cpu_pct": round(100 * bench_cpu / wall, 1),
                                 "peak_rss_mib": None}
+        ours = sum(c["cpu_s"] or 0 for c in cpu.values())
+        sys_busy = (sys1[0] - sys0[0]) / CLK_TCK
+        system = {"busy_cpu_s": round(sys_busy, 2), "capacity_cpu_s": round((sys1[1] - sys0[1]) / CLK_TCK, 2),
+                  "ours_cpu_s": round(ours, 2), "others_cpu_s": round(sys_busy - ours, 2)}
 
         def r(x: float | None, nd_: int = 3) -> float | None:
             return None if x is None else round(x, nd_)
@@ -409,6 +422,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "proposal_to_executor_commit_s": {"p50": r(pct(p2ec, 0.5)), "p95": r(pct(p2ec, 0.95))},
             "wall_s": round(wall, 2),
             "cpu": cpu,
+            "system_cpu": system,
             "blocks": blocks,
         }
     finally:
@@ -452,6 +466,9 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"    {'process':<16} {'cpu s':>8} {'% of 1 core':>12} {'peak RSS MiB':>13}")
     for n, c in res["cpu"].items():
         print(f"    {n:<16} {c['cpu_s']!s:>8} {c['cpu_pct']!s:>12} {c['peak_rss_mib']!s:>13}")
+    sc = res["system_cpu"]
+    print(f"  whole machine: {sc['busy_cpu_s']} of {sc['capacity_cpu_s']} cpu s busy; ours {sc['ours_cpu_s']}, "
+          f"other processes (other engineers' tests) {sc['others_cpu_s']}")
 
 
 def main(argv: list[str] | None = None) -> int:

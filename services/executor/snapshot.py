@@ -1,0 +1,246 @@
+"""The executor's side of snapshot and restore (domain logic, no bus).
+
+Export (:func:`export_state`): the state at the state root of H, streamed
+from the executor store ascending by address through a fresh trie reader (no
+cache shared with the executing thread; trie nodes, code and ABIs are
+content-addressed and never deleted, so the state of H stays readable while
+newer blocks are committed), with code and ABI by hash and each account's
+storage ascending by key, then the stored headers 1..H, into
+``FILE_executor.rlp`` with :func:`pycita.snapshot.state_format.write_state_file`
+(which rebuilds the state root as it goes and refuses a file that would not
+verify).
+
+Restore (:func:`restore_state`): :func:`pycita.snapshot.verify.verify_executor_file`
+checks the file (chunk hashes and bounds, the rebuilt state root against the
+manifest and header H, headers chained to the local genesis, code/ABI
+references, the trusted hash) and cross-checks the chain file's manifest
+(same H, hash and state root; ``last_proof`` a quorum proof of H by the
+genesis validators), while its sinks write a *staged* executor store
+(``data/executor.staged``, a fresh LevelDB): every trie node of the rebuilt
+state, each code/ABI blob, headers and height entries 1..H, plus the genesis
+state and height 0, and the tip H -- a complete executor store. Then it is
+closed, fsynced and marked complete. Any failure removes it and raises
+:class:`pycita.snapshot.errors.SnapshotError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import rlp
+
+from pycita.crypto import EMPTY_KECCAK, Address, Hash32, keccak
+from pycita.errors import DecodeError
+from pycita.execution import init_genesis_state
+from pycita.genesis import Genesis
+from pycita.snapshot.container import ReadProgress
+from pycita.snapshot.errors import SnapshotError
+from pycita.snapshot.journal import discard_staged, fsync_tree, write_complete_marker
+from pycita.snapshot.state_format import AccountSource, HeaderEntry, write_state_file
+from pycita.snapshot.verify import verify_executor_file
+from pycita.state import NodeStore, decode_account
+from pycita.storage import KV, LevelDB
+from pycita.trie import BLANK_ROOT, MissingTrieNode, Trie
+from pycita.types import Account, Header, decode_as
+from services.executor import schema
+
+log = logging.getLogger(__name__)
+
+BATCH_BYTES = 4 * 1024 * 1024
+
+Check = Callable[[], None]
+Progress = Callable[[int, int, int, int], None]
+"""``(accounts, blocks, chunks_done, bytes_done)``."""
+
+
+def _no_check() -> None:
+    return None
+
+
+def _no_progress(_accounts: int, _blocks: int, _chunks: int, _bytes: int) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class StateSnapshotResult:
+    height: int
+    block_hash: Hash32
+    state_root: Hash32
+    path: Path
+    file_size: int
+    accounts: int
+
+
+def _height_entry(kv: KV, height: int, name: str) -> tuple[bytes, bytes]:
+    raw = kv.get(schema.height_key(height))
+    if raw is None:
+        raise SnapshotError(f"the executor has not committed block {height}", file=name, check="height")
+    return schema.decode_height_entry(raw)
+
+
+# ------------------------------------------------------------------ export
+
+
+def export_state(kv: KV, genesis: Genesis, path: Path, height: int, *, check: Check = _no_check,
+                 progress: Progress = _no_progress, fsync: bool = True) -> StateSnapshotResult:
+    """Write ``path`` (the executor file): the state at ``height`` and headers 1..``height``.
+
+    Raises :class:`SnapshotError` when the executor has not committed
+    ``height``, lacks a header, or the state is incomplete; the partial file is removed.
+    """
+    name = str(path)
+    if height <= 0:
+        raise SnapshotError("height 0 is the genesis block, which is not exported", file=name, check="height")
+    block_hash, state_root = _height_entry(kv, height, name)
+    nodes = NodeStore(kv, cache_limit=10_000)
+    counts = {"accounts": 0, "blocks": 0}
+
+    def blob(key: bytes, digest: bytes, what: str, addr: bytes) -> bytes:
+        if digest == EMPTY_KECCAK:
+            return b""
+        data = kv.get(key)
+        if data is None:
+            raise SnapshotError(f"{what} 0x{digest.hex()} of account 0x{addr.hex()} is missing from the store",
+                                file=name, check="state store")
+        return data
+
+    def accounts() -> Iterator[AccountSource]:
+        for addr, raw in Trie(nodes, state_root).items():
+            check()
+            nonce, balance, storage_root, code_hash, abi_hash = decode_account(raw)
+            code = blob(schema.code_key(code_hash), code_hash, "code", addr)
+            abi = blob(schema.abi_key(abi_hash), abi_hash, "abi", addr)
+            storage: Iterator[tuple[bytes, bytes]] = (iter(()) if storage_root == BLANK_ROOT
+                                                      else Trie(nodes, storage_root).items())
+            counts["accounts"] += 1
+            progress(counts["accounts"], 0, 0, 0)
+            yield (Address(addr), Account(nonce, balance, storage_root, code_hash, abi_hash), code, abi,
+                   storage)
+
+    def headers() -> Iterator[Header]:
+        for number in range(1, height + 1):
+            check()
+            raw = kv.get(schema.header_key(number))
+            if raw is None:
+                raise SnapshotError(f"the executor store has no header of block {number}", file=name,
+                                    check="headers")
+            header: Header = decode_as(raw, Header, f"stored header {number}")  # type: ignore[assignment]
+            counts["blocks"] = number
+            progress(counts["accounts"], number, 0, 0)
+            yield header
+
+    last = kv.get(schema.header_key(height))
+    if last is not None and keccak(last) != block_hash:
+        raise SnapshotError(f"the stored header of block {height} does not hash to the committed block hash",
+                            file=name, check="headers", expected=block_hash, actual=keccak(last))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        manifest = write_state_file(path, accounts(), headers(), genesis=genesis, fsync=fsync)
+    except (DecodeError, MissingTrieNode) as exc:
+        raise SnapshotError(f"the executor store is damaged: {exc}", file=name, check="state store") from exc
+    if manifest.block_hash != block_hash or manifest.state_root != state_root:
+        path.unlink(missing_ok=True)
+        raise SnapshotError(f"the headers end at 0x{manifest.block_hash.hex()}, the executor committed "
+                            f"0x{bytes(block_hash).hex()} at {height}", file=name, check="headers")
+    return StateSnapshotResult(height, Hash32(block_hash), Hash32(state_root), path, path.stat().st_size,
+                               manifest.account_count)
+
+
+# ----------------------------------------------------------------- restore
+
+
+class _StagedWriter:
+    """The node, blob and header sinks: batched writes into the staged store."""
+
+    def __init__(self, db: LevelDB, check: Check, progress: Progress) -> None:
+        self.db = db
+        self.check = check
+        self.progress = progress
+        self.puts: dict[bytes, bytes] = {}
+        self.size = 0
+        self.nodes = 0
+        self.blocks = 0
+        self.chunks_done = 0
+        self.bytes_done = 0
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.puts[key] = value
+        self.size += len(key) + len(value)
+        if self.size >= BATCH_BYTES:
+            self.flush()
+
+    def flush(self, sync: bool = False) -> None:
+        if self.puts:
+            self.check()
+            self.db.write(self.puts, sync=sync)
+            self.puts = {}
+            self.size = 0
+
+    def node(self, node_hash: bytes, node: bytes) -> None:
+        self.nodes += 1
+        self.put(schema.node_key(node_hash), node)
+
+    def blob(self, digest: bytes, data: bytes) -> None:
+        # the sink does not say whether the bytes serve as code or ABI (or both): keep both keys
+        self.put(schema.code_key(digest), data)
+        self.put(schema.abi_key(digest), data)
+
+    def header(self, entry: HeaderEntry) -> None:
+        number = entry.number
+        self.put(schema.header_key(number), rlp.encode(entry.header))
+        self.put(schema.height_key(number), schema.encode_height_entry(entry.hash, entry.header.state_root))
+        self.blocks += 1
+        self.progress(0, self.blocks, self.chunks_done, self.bytes_done)
+
+    def on_read(self, p: ReadProgress) -> None:
+        self.chunks_done = p.chunk + 1
+        self.bytes_done = p.bytes_done
+        self.progress(0, self.blocks, self.chunks_done, self.bytes_done)
+
+
+def restore_state(path: Path, chain_path: Path, genesis: Genesis, staged: Path, *,
+                  trusted_hash: bytes | None = None, check: Check = _no_check,
+                  progress: Progress = _no_progress) -> StateSnapshotResult:
+    """Verify the executor file ``path`` (against the chain file's manifest) into ``staged``.
+
+    Raises :class:`SnapshotError` (the staged store is removed).
+    """
+    for p in (path, chain_path):
+        if not p.is_file():
+            raise SnapshotError("the snapshot file does not exist", file=str(p), check="file")
+    discard_staged(staged)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    db = LevelDB(staged)
+    closed = False
+    try:
+        commit = init_genesis_state(db, genesis)
+        genesis_hash = genesis.hash
+        db.write({schema.height_key(0): schema.encode_height_entry(genesis_hash, commit.state_root),
+                  schema.GENESIS: genesis_hash})
+        writer = _StagedWriter(db, check, progress)
+        report = verify_executor_file(path, genesis, chain_path=chain_path, trusted_hash=trusted_hash or None,
+                                      node_sink=writer.node, blob_sink=writer.blob, header_sink=writer.header,
+                                      progress=writer.on_read)
+        check()
+        height = report.height
+        writer.put(schema.TIP, schema.encode_tip(height))
+        writer.flush(sync=True)
+        db.close()
+        closed = True
+        fsync_tree(staged)
+        write_complete_marker(staged, height=height, block_hash=report.block_hash, state_root=report.state_root)
+        log.info("executor: staged state of block %d (root 0x%s, %d accounts, %d trie nodes) from %s", height,
+                 report.state_root.hex()[:16], report.accounts, writer.nodes, path)
+        return StateSnapshotResult(height, report.block_hash, report.state_root, path, report.bytes,
+                                   report.accounts)
+    except BaseException:
+        if not closed:
+            db.close()
+        try:
+            discard_staged(staged)
+        except OSError as exc:
+            log.warning("executor: cannot remove the staged store %s: %s", staged, exc)
+        raise
