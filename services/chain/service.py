@@ -5,7 +5,9 @@ consumes                          publishes                 what
 ================================  ========================  ==============================================
 ``consensus.block_with_proof``    ``chain.new_block``,      verify (ARCHITECTURE step 6), store in one
                                   ``chain.rich_status``     batch, announce; a bad block is logged, dropped
-``*.sync_req``                    ``chain.sync_resp``       full block RLPs (<= 100 blocks / ~8 MiB)
+                                                            (one that is not RLP at all is dead-lettered)
+``*.sync_req``                    ``chain.sync_resp``       full block RLPs (<= 100 blocks / ~8 MiB);
+                                                            end < start (end != 0) is dead-lettered
 ``auth.recent_txs_req``           ``chain.recent_txs``      TxKeys of the newest N blocks
 ``jsonrpc.chain_query``           ``chain.rpc_response``    blockNumber, getBlockBy*, getTransaction*
 ``cli.ping``                      ``chain.pong``            height, block_hash, state_root
