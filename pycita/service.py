@@ -285,13 +285,14 @@ def setup_logging(level: str = "INFO") -> None:
 
 def run_service(cls: type[Service], argv: list[str] | None = None) -> int:
     """Entry point of ``python -m services.<name> --node-dir DIR``."""
-    from pycita.mq import Bus
+    from pycita.mq import Bus, quiet_pika_logging
 
     parser = argparse.ArgumentParser(prog=f"services.{cls.name}")
     parser.add_argument("--node-dir", required=True)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    quiet_pika_logging()  # the bus logs one WARNING per lost connection / failed attempt
     cfg = load_node_config(args.node_dir)
     service = cls(cfg, None)
     bus = Bus(cfg.amqp_url, cls.name, service.all_bindings())

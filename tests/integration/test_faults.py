@@ -285,6 +285,14 @@ def _check_no_accepted_tx_lost(node: Node, traffic: Traffic, before: dict[int, s
         client.close()
 
 
+def _assert_no_service_failed(node: Node) -> None:
+    """No service halted (CRITICAL), dead-lettered a message, or logged a traceback."""
+    for name in DEFAULT_SERVICES:
+        bad = [line for line in node.read_log(name).splitlines()
+               if re.search(r"CRITICAL|dead-letters message|Traceback", line)]
+        assert not bad, f"{name}: {bad[:5]}; see {node.log_path(name)}"
+
+
 def _pids(node: Node) -> dict[str, int | None]:
     return {name: svc["pid"] for name, svc in node.status()["services"].items()}
 
@@ -333,6 +341,7 @@ def test_sigkill_of_any_service_under_traffic_loses_no_block_and_no_accepted_tx(
     assert not traffic.rejected, f"unexpected rejections: {traffic.rejections[:5]}; {traffic.report()}"
     _check_no_accepted_tx_lost(node, traffic, before)
     assert _wait(lambda: _all_answer(node), 20, "every service to answer")
+    _assert_no_service_failed(node)
 
 
 @pytest.mark.timeout(150)
@@ -374,3 +383,4 @@ def test_rabbitmq_stop_and_start_under_traffic_resumes_blocks_and_loses_no_accep
     _check_no_accepted_tx_lost(node, traffic, before)
     supervisord = node.read_log("supervisord")
     assert "exited:" not in supervisord, supervisord[-3000:]
+    _assert_no_service_failed(node)

@@ -13,6 +13,7 @@ import pytest
 
 from pycita import node as nodelib
 from pycita import rabbit
+from pycita.errors import PycitaError
 from pycita.testtools import CleanupPolicy, Network, Node
 from pycita.testtools.cleanup import default_policy
 
@@ -102,11 +103,12 @@ def test_node_wraps_an_existing_node_dir(tmp_path: Path) -> None:
     assert not info.node_dirs[0].exists()
 
 
-def test_snapshot_restore_not_yet_implemented(tmp_path: Path) -> None:
+def test_loading_a_snapshot_that_does_not_exist_fails_before_starting_the_node(tmp_path: Path) -> None:
     net = Network(tmp_path / "chain")
     try:
-        with pytest.raises(NotImplementedError, match="issue 3"):
+        with pytest.raises(PycitaError, match="snapshot_chain.rlp does not exist"):
             net.node.run(load_snapshot_from=tmp_path / "snapshot")
+        assert not net.node.is_running()
     finally:
         net.close(CleanupPolicy.REMOVE_EVERYTHING)
 
