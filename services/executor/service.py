@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from pycita.config import NodeConfig
@@ -218,17 +219,26 @@ class ExecutorService(Service):
         except PycitaError as exc:
             raise SnapshotStepFailed(f"executor: {exc}") from exc
         height = req.end_height
-        tip = self.executor.tip.height
-        if height == 0 or height > tip:
-            raise SnapshotStepFailed(f"executor: cannot export height {height}: the executor has committed "
-                                     f"up to {tip}")
+        if height == 0:
+            raise SnapshotStepFailed("executor: height 0 is the genesis block, which is not exported")
+        if self.executor.halted:
+            raise SnapshotStepFailed(f"executor: halted ({self.executor.halted}); no snapshot")
         resp.file = str(path)
         kv = self.store
+        wait = min(max(req.timeout_ms / 1000.0, 1.0), 60.0) if req.timeout_ms else 30.0
 
         def work(job: SnapshotJob) -> None:
             def progress(accounts: int, blocks: int, _chunks: int, _bytes: int) -> None:
                 job.progress("export", accounts=accounts, blocks=blocks)
 
+            # the chain's tip (which the tool snapshots by default) may be a block ahead of the executor
+            deadline = time.monotonic() + wait
+            while self.executor.tip.height < height:
+                if self.executor.halted or time.monotonic() > deadline:
+                    raise SnapshotStepFailed(f"executor: cannot export height {height}: the executor has "
+                                             f"committed up to {self.executor.tip.height}")
+                job.progress("waiting for block", blocks=self.executor.tip.height)
+                time.sleep(0.05)
             try:
                 result = export_state(kv, self.genesis, path, height, check=job.check, progress=progress)
             except PycitaError as exc:

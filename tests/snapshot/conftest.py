@@ -159,3 +159,12 @@ def build_chain(n_blocks: int = 5, *, history_blocks: int = 3, specs: list[Accou
 @pytest.fixture
 def chain() -> ChainFixture:
     return build_chain()
+
+
+@pytest.fixture(scope="session")
+def acceptance_chain(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                     rabbitmq_broker: None) -> Iterator[object]:
+    """The running source chain shared by the acceptance tests (``acceptance_support.py``)."""
+    from acceptance_support import build_acceptance_chain  # imported lazily: only those tests need it
+
+    yield from build_acceptance_chain(request, tmp_path_factory)

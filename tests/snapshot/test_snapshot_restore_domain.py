@@ -23,7 +23,15 @@ from pycita.proof import QuorumCert, sign_vote
 from pycita.snapshot.errors import SnapshotError
 from pycita.snapshot.journal import read_complete_marker
 from pycita.storage import LevelDB
-from pycita.types import ZERO_HASH, EMPTY_BLOOM, Block, Header, SignedTransaction, contract_address, ordered_root
+from pycita.types import (
+    EMPTY_BLOOM,
+    ZERO_HASH,
+    Block,
+    Header,
+    SignedTransaction,
+    contract_address,
+    ordered_root,
+)
 from services.chain.chain import Chain
 from services.chain.snapshot import export_chain, restore_chain
 from services.chain.store import ChainStore
