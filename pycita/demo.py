@@ -5,7 +5,12 @@ demo contract (with an ABI and storage) from a funded account the load does not
 use, runs mixed traffic (:func:`pycita.load.run_load`, 100 tx/s for 20 s by
 default) from the other funded accounts, and meanwhile prints every new
 block's height, hash and state root and, every few blocks, a few accounts
-(balance, nonce, code size, ABI size, storage slots). Stops the node at the end.
+(balance, nonce, code size, ABI size, storage slots). Then it snapshots the
+source at a height below its tip while it keeps producing blocks, stops it,
+restores the snapshot into a fresh node of the same chain (which takes over
+the validator key), shows both nodes' block hash, state root and accounts at
+that height side by side, and shows the restored node producing new blocks
+with valid proofs. Stops everything at the end.
 """
 
 from __future__ import annotations
@@ -163,12 +168,26 @@ def run_demo(directory: Path, tps: float, duration: float, block_interval: float
         _p(f"== load done: {report.summary()}")
         time.sleep(block_interval * 2)
         st = nodelib.status(nd)
-        _p(f"== final: height {st['height']}  hash {st['block_hash']}  state root {st['state_root']}")
+        _p(f"== source node: height {st['height']}  hash {st['block_hash']}  state root {st['state_root']}")
         _print_accounts(client, funded, contract, load_contract)
-        return 0 if report.pending == 0 else 1
+        if report.pending != 0:
+            return 1
+        restored = _snapshot_and_restore(nd, chain_dir, client, funded, contract, load_contract, block_interval)
+        return 0 if restored else 1
     finally:
         _p(f"== stopping {nd}")
         nodelib.stop(nd)
+        restored_dir = chain_dir / "restored"
+        if (restored_dir / "node.json").exists():
+            _p(f"== stopping {restored_dir}")
+            nodelib.stop(restored_dir)
+            if not keep:
+                try:
+                    from pycita import rabbit
+
+                    rabbit.delete_vhost(nodelib.vhost_of(nodelib.node_config(restored_dir).amqp_url))
+                except PycitaError as exc:
+                    _p(f"   could not delete the vhost: {exc}")
         if keep:
             _p(f"   kept {chain_dir} (logs in {nd / 'logs'})")
         else:
@@ -181,6 +200,88 @@ def run_demo(directory: Path, tps: float, duration: float, block_interval: float
             except PycitaError as exc:
                 _p(f"   could not delete the vhost: {exc}")
             clean_chain_dir(chain_dir, CleanupPolicy.REMOVE_EVERYTHING)
+
+
+def _snapshot_and_restore(nd: Path, chain_dir: Path, client: Client, funded: list[nodelib.TestAccount],
+                          contract: _DemoContract, load_contract: bytes | None, block_interval: float) -> bool:
+    """Snapshot the running source at a height below its tip, restore it into a fresh node, compare."""
+    import subprocess
+
+    from pycita.proof import verify_proof
+    from pycita.testtools import Node
+    from pycita.testtools.snapshot import Snapshot
+
+    height = max(1, client.block_number() - 2)
+    _p(f"== snapshot_tool -m snapshot -e {height} -f demo   (in {nd}; the node keeps producing blocks)")
+    proc = subprocess.run([sys.executable, "-m", "tools.snapshot_tool", "-m", "snapshot", "-e", str(height),
+                           "-f", "demo", "-q"], cwd=nd, stdin=subprocess.DEVNULL, text=True,
+                          capture_output=True, check=False)
+    for line in (proc.stdout + proc.stderr).splitlines():
+        _p(f"   {line}")
+    if proc.returncode != 0:
+        return False
+    snapshot = Snapshot.from_prefix(nd / "snapshots" / "demo")
+    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1024:.1f} KiB" for p in (snapshot.chain_file, snapshot.executor_file))
+    _p(f"   files: {sizes}; tip of the source is now {client.block_number()}")
+    source_block = client.get_block(height, False) or {}
+    source_rows = {}
+    for label, addr in _demo_accounts(funded, contract, load_contract):
+        source_rows[label] = _account_at(client, addr, height)
+    _p("== stopping the source node: the fresh node of the same chain takes over its validator key")
+    nodelib.stop(nd)
+    target = Node(nd).fresh_copy(chain_dir / "restored")
+    _p(f"== restoring into the fresh node {target.directory}: Begin -> Restore (verify + stage) -> Clear -> End")
+    t0 = time.monotonic()
+    target.run(load_snapshot_from=snapshot)
+    _p(f"   restored and running after {time.monotonic() - t0:.1f} s")
+    rclient = target.api
+    restored_block = rclient.get_block(height, False) or {}
+    _p(f"== block {height}, side by side")
+    _p(f"   {'':<14} {'source':<68} restored")
+    same = True
+    for key in ("hash", "stateRoot", "receiptsRoot"):
+        a, b = source_block.get(key), restored_block.get(key)
+        same &= a == b
+        _p(f"   {key:<14} {a!s:<68} {b}  {'same' if a == b else 'DIFFERENT'}")
+    for label, addr in _demo_accounts(funded, contract, load_contract):
+        a, b = source_rows[label], _account_at(rclient, addr, height)
+        same &= a == b
+        _p(f"   {label:<14} {a:<68} {b}  {'same' if a == b else 'DIFFERENT'}")
+    _p("== the restored node produces new blocks (each header carries the quorum proof of its parent)")
+    genesis = Genesis.load(target.config.genesis_path)
+    start = rclient.block_number()
+    target.wait_for_block(start + 3, timeout=max(30.0, 20 * block_interval))
+    for h in range(max(height + 1, start - 1), rclient.block_number() + 1):
+        blk = rclient.get_block(h, False) or {}
+        parent = rclient.get_block(h - 1, False) or {}
+        proof_ok = "-"
+        if h - 1 > 0 and blk.get("proof"):
+            verify_proof(bytes.fromhex(blk["proof"][2:]), chain_id=genesis.chain_id, height=h - 1,
+                         block_hash=bytes.fromhex(parent["hash"][2:]), validators=genesis.validators)
+            proof_ok = f"proof of {h - 1} valid"
+        _p(f"   block {h:>5}  hash {blk.get('hash')}  state root {blk.get('stateRoot')}  {proof_ok}")
+    _p("== " + ("restored node matches the source at the snapshot height and goes on producing blocks"
+               if same else "MISMATCH between source and restored node"))
+    return same
+
+
+def _demo_accounts(funded: list[nodelib.TestAccount], contract: _DemoContract,
+                   load_contract: bytes | None) -> list[tuple[str, bytes]]:
+    rows = [(f"funded #{i}", from_hex(acc.address)) for i, acc in enumerate(funded[:2])]
+    if contract.address is not None:
+        rows.append(("demo contract", contract.address))
+    if load_contract is not None:
+        rows.append(("load contract", load_contract))
+    return rows
+
+
+def _account_at(client: Client, addr: bytes, height: int) -> str:
+    """A compact view of an account at ``height``: balance, nonce, code/abi sizes."""
+    try:
+        return (f"bal {client.get_balance(addr, height)} nonce {client.get_transaction_count(addr, height)} "
+                f"code {len(client.get_code(addr, height))} abi {len(client.get_abi(addr, height))}")
+    except RpcError as exc:
+        return f"error {exc}"
 
 
 def main(argv: list[str] | None = None) -> int:
