@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import rlp
-from rlp.sedes import big_endian_int
 from google.protobuf.message import DecodeError as _PbDecodeError
+from rlp.sedes import big_endian_int
 
 from pycita.crypto import Hash32, PrivateKey, SignatureError, keccak, recover_address
 from pycita.errors import PycitaError

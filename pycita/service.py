@@ -211,7 +211,20 @@ class Service:
         handler = self.handlers.get(msg_type_of(routing_key))
         if handler is None:
             raise DecodeError(f"message {routing_key!r}", f"{self.name} has no handler for it")
-        handler(env, content_of(env))
+        self._props = props  # the delivery being handled, so reply() can answer a Bus.request
+        try:
+            handler(env, content_of(env))
+        finally:
+            self._props = None
+
+    def reply(self, msg_type: str, content: Any, env: pb.Message) -> None:
+        """Answer the message being handled: same request_id, and its AMQP correlation id if it had one."""
+        key, body = pack(self.name, msg_type, content, env.request_id)
+        correlation_id = getattr(self._props, "correlation_id", None)
+        if correlation_id:
+            self.bus.publish(key, body, correlation_id=correlation_id)
+        else:
+            self.bus.publish(key, body)
 
     def publish(self, msg_type: str, content: Any, request_id: str = "", confirm: bool = False) -> None:
         key, body = pack(self.name, msg_type, content, request_id)

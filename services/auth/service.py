@@ -26,7 +26,7 @@ from typing import Any
 
 from pycita.config import NodeConfig
 from pycita.genesis import Genesis
-from pycita.messages import pack, pb
+from pycita.messages import pb
 from pycita.service import Service, run_service
 from pycita.storage import LevelDB
 from services.auth.admission import Admitter, Rules
@@ -54,7 +54,6 @@ class AuthService(Service):
         loaded = pool.load()
         log.info("auth: reloaded %s pooled transactions", loaded)
         self.admitter = Admitter(Rules(genesis.chain_id, genesis.quota_limit), pool, RecentWindow(WINDOW_BLOCKS))
-        self._props: Any = None
         self._recent_asked = 0.0
         self.handlers.update({
             "new_tx_batch": self._on_new_tx_batch,
@@ -65,20 +64,6 @@ class AuthService(Service):
         })
 
     # -- plumbing -------------------------------------------------------------
-    def dispatch(self, routing_key: str, body: bytes, props: Any = None) -> None:
-        self._props = props
-        try:
-            super().dispatch(routing_key, body, props)
-        finally:
-            self._props = None
-
-    def _reply(self, msg_type: str, content: Any, env: pb.Message) -> None:
-        key, body = pack(self.name, msg_type, content, env.request_id)
-        correlation_id = getattr(self._props, "correlation_id", None)
-        if correlation_id:
-            self.bus.publish(key, body, correlation_id=correlation_id)
-        else:
-            self.bus.publish(key, body)
 
     def start(self) -> None:
         self.request_recent()
@@ -108,13 +93,13 @@ class AuthService(Service):
                      refused[0].tx_hash.hex(), int(refused[0].code), refused[0].error[:200])
         resp = pb.TxResponse(results=[pb.TxResult(tx_hash=v.tx_hash, ok=v.ok, code=int(v.code), error=v.error)
                                       for v in verdicts])
-        self._reply("tx_response", resp, env)
+        self.reply("tx_response", resp, env)
 
     def _on_block_txs_req(self, env: pb.Message, req: pb.BlockTxsReq) -> None:
         raw_txs, senders = ([], []) if self.flight_mode else \
             self.admitter.block_txs_with_senders(req.height, req.max_count, req.quota_limit)
         # senders: recovered from each tx's signature at admission (the pool keeps them with the raw tx)
-        self._reply("block_txs", pb.BlockTxs(height=req.height, raw_txs=raw_txs, senders=senders), env)
+        self.reply("block_txs", pb.BlockTxs(height=req.height, raw_txs=raw_txs, senders=senders), env)
 
     def _on_new_block(self, env: pb.Message, nb: pb.NewBlock) -> None:
         self.admitter.on_new_block(nb.height, _keys(nb.txs))

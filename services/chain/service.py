@@ -42,7 +42,7 @@ from typing import Any
 from pycita.config import NodeConfig
 from pycita.errors import DecodeError, PycitaError
 from pycita.genesis import Genesis
-from pycita.messages import pack, pb
+from pycita.messages import pb
 from pycita.service import ANSWER_LATER, Service, SnapshotJob, SnapshotStepFailed, run_service
 from pycita.snapshot.files import snapshot_files
 from pycita.snapshot.journal import (
@@ -77,7 +77,6 @@ class ChainService(Service):
         self._open_store()
         self._export: SnapshotJob | None = None
         self._restore: SnapshotJob | None = None
-        self._props: Any = None
         self.handlers.update({
             "block_with_proof": self._on_block_with_proof,
             "sync_req": self._on_sync_req,
@@ -86,20 +85,6 @@ class ChainService(Service):
         })
 
     # -- plumbing -------------------------------------------------------------
-    def dispatch(self, routing_key: str, body: bytes, props: Any = None) -> None:
-        self._props = props
-        try:
-            super().dispatch(routing_key, body, props)
-        finally:
-            self._props = None
-
-    def _reply(self, msg_type: str, content: Any, env: pb.Message) -> None:
-        key, body = pack(self.name, msg_type, content, env.request_id)
-        correlation_id = getattr(self._props, "correlation_id", None)
-        if correlation_id:
-            self.bus.publish(key, body, correlation_id=correlation_id)
-        else:
-            self.bus.publish(key, body)
 
     def start(self) -> None:
         self.publish_status()
@@ -156,16 +141,16 @@ class ChainService(Service):
     def _on_sync_req(self, env: pb.Message, req: pb.SyncReq) -> None:
         if req.end_height and req.end_height < req.start_height:  # end 0 means "up to the tip"
             raise DecodeError("sync_req", f"end height {req.end_height} is below start height {req.start_height}")
-        self._reply("sync_resp", self.chain.sync_blocks(req.start_height, req.end_height), env)
+        self.reply("sync_resp", self.chain.sync_blocks(req.start_height, req.end_height), env)
 
     def _on_recent_txs_req(self, env: pb.Message, req: pb.RecentTxsReq) -> None:
-        self._reply("recent_txs", self.chain.recent_txs(req.blocks), env)
+        self.reply("recent_txs", self.chain.recent_txs(req.blocks), env)
 
     def _on_chain_query(self, env: pb.Message, req: pb.RpcRequest) -> None:
         resp = self.rpc.handle(req)
         if resp.code:
             log.info("chain: query %.64r failed: %s %s", req.method, resp.code, resp.error[:200])
-        self._reply("rpc_response", resp, env)
+        self.reply("rpc_response", resp, env)
 
     # -- snapshot protocol --------------------------------------------------------
     def on_snapshot(self, req: pb.SnapshotReq, resp: pb.SnapshotResp) -> Any:

@@ -45,7 +45,7 @@ from pycita.config import NodeConfig
 from pycita.errors import PycitaError
 from pycita.execution import BlockMismatch, ExecutionError
 from pycita.genesis import Genesis
-from pycita.messages import pack, pb
+from pycita.messages import pb
 from pycita.service import ANSWER_LATER, Service, SnapshotJob, SnapshotStepFailed, run_service
 from pycita.snapshot.files import snapshot_files
 from pycita.snapshot.journal import (
@@ -81,7 +81,6 @@ class ExecutorService(Service):
         self._open_store()
         self._export: SnapshotJob | None = None
         self._restore: SnapshotJob | None = None
-        self._props: Any = None
         self.handlers.update({
             "block_proposal": self._on_block_proposal,
             "rich_status": self._on_rich_status,
@@ -91,20 +90,6 @@ class ExecutorService(Service):
         })
 
     # -- plumbing -------------------------------------------------------------
-    def dispatch(self, routing_key: str, body: bytes, props: Any = None) -> None:
-        self._props = props
-        try:
-            super().dispatch(routing_key, body, props)
-        finally:
-            self._props = None
-
-    def _reply(self, msg_type: str, content: Any, env: pb.Message) -> None:
-        key, body = pack(self.name, msg_type, content, env.request_id)
-        correlation_id = getattr(self._props, "correlation_id", None)
-        if correlation_id:
-            self.bus.publish(key, body, correlation_id=correlation_id)
-        else:
-            self.bus.publish(key, body)
 
     def _request_sync(self, rng: SyncRange | None) -> None:
         if rng is not None:
@@ -144,7 +129,7 @@ class ExecutorService(Service):
     # -- handlers -------------------------------------------------------------
     def _on_block_proposal(self, env: pb.Message, msg: pb.BlockProposal) -> None:
         outcome = self.executor.execute_proposal(msg.block, list(msg.senders))
-        self._reply("executed_result", executed_result_message(outcome), env)
+        self.reply("executed_result", executed_result_message(outcome), env)
         self._request_sync(outcome.sync)
 
     def _on_rich_status(self, env: pb.Message, msg: pb.RichStatus) -> None:
@@ -178,7 +163,7 @@ class ExecutorService(Service):
         except RpcError as exc:
             log.info("executor: query %.64r failed: %s %s", msg.method, exc.code, exc.message[:200])
             resp = pb.RpcResponse(code=exc.code, error=exc.message)
-        self._reply("rpc_response", resp, env)
+        self.reply("rpc_response", resp, env)
 
 
     # -- snapshot protocol ----------------------------------------------------------
