@@ -98,7 +98,6 @@ def test_a_snapshot_above_the_tip_fails_clearly_and_leaves_no_file(acceptance_ch
     proc = tool("-m", "snapshot", "-e", str(target), "-f", "too_high", cwd=node.directory)
     assert proc.returncode != 0
     message = proc.stderr.strip()
-    print("DEBUG", proc.returncode, message)  # DEBUG
     assert str(target) in message and "snapshot_tool" in message, message
     assert len(message.splitlines()) == 1, message
     assert "Traceback" not in proc.stderr
@@ -191,7 +190,6 @@ def test_info_reads_only_the_manifests_even_of_a_file_of_hundreds_of_megabytes(
         ["-m", "verify", "-f", str(big), "--genesis", genesis, "--json", "-q"],
     ], cwd=tmp_path)
 
-    print("DEBUG", [(r["bytes"], r["code"]) for r in (warmup, small, large, large_verify)], manifests, big_size, large_verify["out"][:600])  # DEBUG
     assert warmup["code"] == small["code"] == large["code"] == 0, (small["err"], large["err"])
     info = json.loads(large["out"])
     assert info["ok"] and info["files_agree"]
@@ -248,7 +246,6 @@ def test_verify_checks_both_files_offline_with_the_node_stopped_and_writes_nothi
 
         bad = tool("-m", "verify", "-f", "corrupt", cwd=stopped.directory)
         assert bad.returncode == 1
-        print("DEBUG", bad.stderr, report)  # DEBUG
         assert "corrupt_executor.rlp" in bad.stderr and "chunk" in bad.stderr, bad.stderr
         assert "Traceback" not in bad.stderr
 

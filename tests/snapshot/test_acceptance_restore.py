@@ -371,7 +371,6 @@ def test_the_snapshot_files_follow_the_documented_format_and_hold_the_source_cha
     assert state_root(ef.accounts) == cf.manifest[2], "py-trie's root of the file's accounts is not header H's"
 
     with_everything = [a for a in ef.accounts.values() if a.code and a.abi and a.storage]
-    print("DEBUG", len(with_everything), len(ef.accounts), chain.export_heights, last_setup_block, cf.chunk_sizes, cf.chunk_entries, ef.state_chunk_sizes, ef.accounts[chain.big.address].pieces, len(ef.manifest[2]))  # DEBUG
     assert len(with_everything) >= 500
     big = ef.accounts[chain.big.address]
     assert big.storage == chain.big.storage and sum(map(len, big.storage.values())) > MIB4
@@ -420,6 +419,17 @@ def test_a_fresh_node_restored_at_100_holds_every_account_then_extends_the_chain
         above = mine.get_block(H + 1)
         assert above is None or above["hash"] != src.get_block(H + 1)["hash"]  # type: ignore[index]
 
+        # it refuses the replay of a transaction of its last 100 blocks (one included at height >= 90;
+        # checked first, while its valid_until_block is still ahead of the restored node's tip)
+        raws = chain.traffic.snapshot_raws()
+        replay = None
+        for block in reversed(batch_call(src, [("getBlockByNumber", [hexq(h), False]) for h in range(90, H + 1)])):
+            replay = next((raws[h2b(t)] for t in block["transactions"] if h2b(t) in raws), None)
+            if replay is not None:
+                break
+        assert replay is not None, "no background transaction was included in blocks 90..100"
+        assert send_refused(mine, replay) == DUPLICATE
+
         # every account at block 100, account by account, on both nodes
         addresses = sorted(set(ef.accounts) | set(chain.known_accounts))
         assert account_views(mine, addresses, H) == account_views(src, addresses, H)
@@ -430,17 +440,6 @@ def test_a_fresh_node_restored_at_100_holds_every_account_then_extends_the_chain
         big_mine = storage_views(mine, big_slots, H, per_request=4)
         assert big_mine == storage_views(src, big_slots, H, per_request=4)
         assert [h2b(v) for v in big_mine] == [chain.big.storage[k] for _, k in big_slots]
-
-        # it refuses the replay of a transaction of its last 100 blocks (one included at height >= 90)
-        raws = chain.traffic.snapshot_raws()
-        replay = None
-        for block in reversed(batch_call(src, [("getBlockByNumber", [hexq(h), False]) for h in range(90, H + 1)])):
-            replay = next((raws[h2b(t)] for t in block["transactions"] if h2b(t) in raws), None)
-            if replay is not None:
-                break
-        assert replay is not None, "no background transaction was included in blocks 90..100"
-        print("DEBUG replay", block["number"], mine.block_number())  # DEBUG
-        assert send_refused(mine, replay) == DUPLICATE
 
         # it produces blocks 101 and later, each proved by a quorum of the genesis validators
         fresh.wait_for_block(H + 4, timeout=60)
@@ -494,7 +493,6 @@ def test_a_restore_replaces_a_longer_different_chain_of_the_same_genesis_entirel
     # right after the restore: exactly the snapshot's chain up to H, and above H nothing but blocks
     # produced since the restore began (none of the old chain's)
     tip = rapi.block_number()
-    print("DEBUG rival", old_tip, tip)  # DEBUG
     assert block_hashes(rapi, range(1, H + 1)) == src_hashes
     assert all(int(b["timestamp"], 16) >= int(started * 1000) for b in
                batch_call(rapi, [("getBlockByNumber", [hexq(h), False]) for h in range(H + 1, tip + 1)]))
