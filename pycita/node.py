@@ -535,8 +535,13 @@ def ping_services(node_dir: str | Path, timeout: float = 3.0,
 
 
 def _is_ready(status: dict[str, Any]) -> bool:
-    """A service is ready unless its pong status says ``"ready": false`` (e.g. auth during start-up)."""
-    return status.get("ready", True) is not False
+    """A service is ready unless its pong status says ``"ready": false`` (e.g. auth during start-up).
+
+    A service in flight mode counts as ready: it is up and waits for snapshot_tool (a node restarted
+    while ``run/restore.journal`` says ``"commit"`` starts in flight mode, and auth only becomes ready
+    once the re-run tool sent End), so ``pycita start`` must not wait for it.
+    """
+    return status.get("ready", True) is not False or status.get("flight_mode") is True
 
 
 def wait_answering(node_dir: str | Path, timeout: float = DEFAULT_START_TIMEOUT) -> dict[str, dict[str, Any]]:

@@ -208,9 +208,9 @@ class Container:
         chunks = self.chunks(executor)
         chunks[index] = new
         area = b""
-        infos = []
+        infos: list[tuple[bytes, int, int]] = []
         for c in chunks:
-            infos.append([keccak(c), len(c), len(area)])
+            infos.append((keccak(c), len(c), len(area)))
             area += c
         self.chunk_area = area
         i = 0

@@ -197,6 +197,18 @@ def test_a_silent_service_fails_the_phase_within_the_timeout_and_is_named(
     assert journal.read() is None
 
 
+def test_a_frozen_service_silent_for_the_abort_too_fails_the_restore_within_one_timeout(
+        coord: Coordinator, node: FakeNode, journal: RestoreJournal, notices: list[str]) -> None:
+    node.behaviours[("consensus", pb.Begin)] = silent
+    node.behaviours[("consensus", pb.Abort)] = silent  # SIGSTOPped: it answers nothing at all
+    with pytest.raises(PhaseTimeout, match="consensus"):
+        coord.restore("snapshot")
+    assert node.cmds() == ["Begin", "Abort"]  # the Abort is still sent to everyone ...
+    assert node.now <= TIMEOUT + 0.5  # ... but not waited for from the service already known silent
+    assert any("consensus" in n and "AbortAck" in n for n in notices)
+    assert journal.read() is None
+
+
 def test_progress_from_the_request_extends_the_phase_timeout(coord: Coordinator, node: FakeNode) -> None:
     def slow_restore(service: str, req: pb.SnapshotReq) -> Reply:
         ticks: Reply = [(t, pb.SnapshotProgress(request_id=req.request_id, service=service, phase="state",

@@ -175,8 +175,8 @@ class _Round:
 
     def failure(self, timeout: float) -> StepFailed | None:
         if self.refused:
-            reason = "; ".join(f"{svc}: {err or 'refused (no reason given)'}"
-                               for svc, err in sorted(self.refused.items()))
+            reason = "; ".join(err if err.startswith(f"{svc}: ") else f"{svc}: {err or 'refused (no reason given)'}"
+                               for svc, err in sorted(self.refused.items()))  # services often name themselves
             return ServiceRefused(self.phase, sorted(self.refused), reason)
         if self.silent:
             return PhaseTimeout(self.phase, self.silent,
@@ -292,15 +292,26 @@ class Coordinator:
             raise failure
         return rnd.acks
 
-    def _abort(self, request_id: str, why: str) -> None:
-        """Send Abort and wait (bounded) for AbortAcks; problems become notices, never exceptions."""
+    def _abort(self, request_id: str, why: str | BaseException) -> None:
+        """Send Abort and wait (bounded) for AbortAcks; problems become notices, never exceptions.
+
+        When ``why`` is a :class:`PhaseTimeout`, the services it names were just
+        silent for a whole phase: the Abort is published to them too (it waits
+        in their queues), but the tool does not wait for their AbortAck, so a
+        frozen service fails the command within one phase timeout, not two.
+        """
         req = pb.SnapshotReq(cmd=pb.Abort, request_id=request_id, timeout_ms=int(self.abort_timeout * 1000))
         log.info("aborting request %s: %s", request_id, why)
+        silent = set(why.services) if isinstance(why, PhaseTimeout) else set()
+        waited = [s for s in self.services if s not in silent]
         try:
-            rnd = self._collect(req, services=self.services, timeout=self.abort_timeout, fail_fast=False)
+            rnd = self._collect(req, services=waited, timeout=self.abort_timeout, fail_fast=False)
         except SnapshotToolError as exc:
             self.notify(f"could not send Abort: {exc}; restart the node to leave flight mode")
             return
+        if silent:
+            self.notify(f"not waiting for the AbortAck of {', '.join(sorted(silent))}, which did not answer: "
+                        f"the Abort waits in its queue; if it stays in flight mode, restart it")
         for svc, err in sorted(rnd.refused.items()):
             self.notify(f"{svc} refused Abort: {err}")
         if rnd.silent:
@@ -379,7 +390,7 @@ class Coordinator:
             acks = self._round(req)
             result = self._check_snapshot(acks, files, target, request_id, self.clock() - started)
         except StepFailed as exc:
-            self._abort(request_id, str(exc))
+            self._abort(request_id, exc)
             self._remove_partial(files, before)
             raise
         finally:
@@ -477,7 +488,7 @@ class Coordinator:
                 # landing just after the commit write must not abort a committed restore.)
                 if self._is_committed(request_id):
                     raise
-                self._abort(request_id, str(exc) or type(exc).__name__)
+                self._abort(request_id, exc if str(exc) else type(exc).__name__)
                 self.journal.remove()
                 raise
             self._clear_and_end(entry)
