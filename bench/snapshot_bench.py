@@ -71,10 +71,10 @@ TARGETS = {
 
 
 def proc_cpu(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (0 when gone)."""
+    """utime + stime of ``pid`` and of its reaped children (the snapshot decode worker) in seconds (0 when gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / CLK_TCK
     except (OSError, IndexError, ValueError):
         return 0.0
 
@@ -264,22 +264,34 @@ def profile_restore(node_dir: Path, name: str, scratch: Path, top: int = 25) -> 
 
 def bench_size(accounts: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from pycita import node as nodelib
-    from pycita.generate import GenerateParams, generate
+    from pycita.generate import GenerateParams, GenerateReport, generate
 
     root = work / f"acc{accounts}"
-    if root.exists():
-        if (root / "0" / "node.json").exists() and nodelib.is_running(root / "0"):
-            nodelib.stop(root / "0")
-        shutil.rmtree(root)
-    info = nodelib.create_chain(root, 1, args.block_interval, jsonrpc_port=None)
-    nd = info.node_dirs[0]
     contracts = max(1, accounts // 1000)
     slots = accounts // 10
     res: dict[str, Any] = {"accounts": accounts, "blocks": args.blocks, "contracts": contracts, "slots": slots}
-    log(f"[{accounts}] generating {args.blocks} blocks, {contracts} contracts, {slots} slots")
-    gen = generate(nd, GenerateParams(accounts=accounts, blocks=args.blocks, contracts=contracts, slots=slots,
-                                      txs_per_block=max(5000, -(-accounts // args.blocks) + 10)))
+    saved = root / "generate.json"  # written after a complete generation, for --reuse
+    nd = root / "0"
+    if args.reuse and saved.is_file() and json.loads(saved.read_text()).get("params") == [args.blocks,
+                                                                                           args.block_interval]:
+        if nodelib.is_running(nd):
+            nodelib.stop(nd)
+        gen = GenerateReport(**json.loads(saved.read_text())["report"])
+        log(f"[{accounts}] reusing the node generated in {root}")
+    else:
+        if root.exists():
+            if (root / "0" / "node.json").exists() and nodelib.is_running(root / "0"):
+                nodelib.stop(root / "0")
+            shutil.rmtree(root)
+        info = nodelib.create_chain(root, 1, args.block_interval, jsonrpc_port=None)
+        nd = info.node_dirs[0]
+        log(f"[{accounts}] generating {args.blocks} blocks, {contracts} contracts, {slots} slots")
+        gen = generate(nd, GenerateParams(accounts=accounts, blocks=args.blocks, contracts=contracts, slots=slots,
+                                          txs_per_block=max(5000, -(-accounts // args.blocks) + 10)))
+        saved.write_text(json.dumps({"params": [args.blocks, args.block_interval], "report": gen.to_json()}))
     res["generate"] = gen.to_json()
+    if args.generate_only:
+        return res
     res["data_dir_bytes"] = dir_size(nd / "data")
     log(f"[{accounts}] generated in {gen.seconds:.1f} s; data {res['data_dir_bytes'] / 2**20:.1f} MiB")
 
@@ -498,6 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--profile", action="store_true", help="cProfile the offline restore path")
     p.add_argument("--keep", action="store_true", help="keep the generated nodes")
+    p.add_argument("--generate-only", action="store_true",
+                   help="only generate the nodes (kept in --workdir) for a later --reuse run")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse a node left in --workdir by --generate-only/--keep with the same --blocks "
+                        "and --block-interval instead of generating it again (a node that has run since "
+                        "is a few blocks taller)")
     p.add_argument("--replay-worker", nargs=2, metavar=("NODE_DIR", "DST"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.replay_worker:
@@ -509,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"machine": machine(), "params": {k: v for k, v in vars(args).items()
                                                              if k != "replay_worker"},
                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sizes": []}
+    if args.generate_only:
+        for n in sizes:
+            log(f"[{n}] generated: {json.dumps(bench_size(n, args, work)['generate'])}")
+        return 0
     for n in sizes:
         r = bench_size(n, args, work)
         r["derived"] = derive(r)

@@ -84,8 +84,47 @@ class InsufficientBalance(StateError):
         self.amount = amount
 
 
+def _fast_account(raw: bytes) -> AccountTuple | None:
+    """The canonical short-form shapes of an account RLP decoded without pyrlp; ``None`` for anything else."""
+    end = len(raw)
+    if not end:
+        return None
+    b = raw[0]
+    if 0xC0 <= b < 0xF8:
+        p, n = 1, b - 0xC0
+    elif b == 0xF8 and end > 1 and raw[1] >= 56:
+        p, n = 2, raw[1]
+    else:
+        return None
+    if p + n != end:
+        return None
+    items = []
+    for _ in range(5):
+        if p >= end:
+            return None
+        b = raw[p]
+        if b < 0x80:
+            items.append(raw[p : p + 1])
+            p += 1
+        elif b < 0xB8:
+            n = b - 0x80
+            if p + 1 + n > end or (n == 1 and raw[p + 1] < 0x80):
+                return None
+            items.append(raw[p + 1 : p + 1 + n])
+            p += 1 + n
+        else:
+            return None
+    if p != end:
+        return None
+    nonce, balance, storage_root, code_hash, abi_hash = items
+    return (int.from_bytes(nonce, "big"), int.from_bytes(balance, "big"), storage_root, code_hash, abi_hash)
+
+
 def decode_account(raw: bytes) -> AccountTuple:
     """Decode an account RLP into a tuple; raises :class:`StateError` on a malformed one."""
+    fast = _fast_account(raw)
+    if fast is not None:
+        return fast
     try:
         items = rlp.decode(raw)
     except rlp.exceptions.DecodingError as exc:

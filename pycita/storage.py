@@ -66,6 +66,10 @@ class LevelDB:
     def get(self, key: bytes, /) -> bytes | None:
         return self._db.get(key)  # type: ignore[no-any-return]
 
+    def get_uncached(self, key: bytes, /) -> bytes | None:
+        """``get`` without filling the block cache (bulk scans such as a snapshot export)."""
+        return self._db.get(key, fill_cache=False)  # type: ignore[no-any-return]
+
     def put(self, key: bytes, value: bytes) -> None:
         self._db.put(key, value)
 

@@ -62,6 +62,7 @@ falls back to it otherwise.
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final, Protocol
 
@@ -151,6 +152,17 @@ def _make_hasher() -> Callable[[bytes], bytes]:
             raise RuntimeError("keccak_oneshot failed")
         return out.raw
 
+    return hasher
+
+
+_LOCAL = threading.local()
+
+
+def _thread_hasher() -> Callable[[bytes], bytes]:
+    """This thread's hasher (one output buffer per thread: the native call releases the GIL)."""
+    hasher: Callable[[bytes], bytes] | None = getattr(_LOCAL, "hasher", None)
+    if hasher is None:
+        hasher = _LOCAL.hasher = _make_hasher()
     return hasher
 
 
@@ -659,7 +671,11 @@ def build_from_sorted(items: Iterable[tuple[bytes, bytes]], sink: Callable[[byte
     :class:`ValueError` naming the key when keys are not strictly ascending
     or a value is empty.
     """
-    hasher = _make_hasher()
+    iterator = iter(items)
+    first = next(iterator, None)
+    if first is None:  # no storage: nothing to build (the common case for accounts)
+        return BLANK_ROOT
+    hasher = _thread_hasher()
     nib = _NIB
     # Open branches, deepest last: (depth in nibbles, 16 child references + value).
     stack: list[tuple[int, list[bytes]]] = []
@@ -691,10 +707,6 @@ def build_from_sorted(items: Iterable[tuple[bytes, bytes]], sink: Callable[[byte
             parent[nib[path[parent_depth]]] = ref
         return None
 
-    iterator = iter(items)
-    first = next(iterator, None)
-    if first is None:
-        return BLANK_ROOT
     key, value = first
     if not value:
         raise ValueError(f"empty value for key {key.hex()}")

@@ -209,6 +209,8 @@ def _decode_at(data: bytes, pos: int, limit: int, depth: int, max_depth: int) ->
 
 def decode_uint(raw: object, what: str, exc: type[SnapshotError], **where: Any) -> int:
     """A canonical RLP integer (no leading zeros) or ``exc`` naming ``what``."""
+    if type(raw) is bytes and (not raw or raw[0]):
+        return int.from_bytes(raw, "big")
     if not isinstance(raw, bytes):
         raise exc(f"{what} must be an integer, got a list", **where)
     try:

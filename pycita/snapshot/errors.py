@@ -79,6 +79,11 @@ class SnapshotError(PycitaError):
             text += f" (expected {_show(expected)}, actual {_show(actual)})"
         super().__init__(text)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # pickled across the snapshot worker processes: rebuild from the fields, not from the message
+        return (_rebuild, (type(self), self.detail, self.file, self.chunk, self.check, self.expected,
+                           self.actual))
+
 
 class ManifestError(SnapshotError):
     """Raised when the manifest is not RLP, has the wrong shape, or its chunk table is inconsistent."""
@@ -185,3 +190,8 @@ class TrustedHashMismatch(SnapshotError):
     """Raised when the snapshot's block H hash differs from the trusted block hash the user gave."""
 
     default_check = "trusted hash"
+
+
+def _rebuild(cls: type[SnapshotError], detail: str, file: str | None, chunk: int | None, check: str | None,
+             expected: object, actual: object) -> SnapshotError:
+    return cls(detail, file=file, chunk=chunk, check=check, expected=expected, actual=actual)

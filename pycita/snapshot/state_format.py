@@ -53,11 +53,15 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Final
+from pathlib import Path
+from typing import IO, Any, Final
 
 import rlp
 
@@ -249,6 +253,7 @@ class ExecutorFileReader:
     """Streams the fat accounts and then the headers of an executor file, one chunk at a time."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._worker: _DecodeWorker | None = None
         self.reader = ChunkReader(path, chunk_tables=(1, 2), versions=(EXECUTOR_FORMAT_VERSION,))
         try:
             self.manifest = ExecutorManifest.from_reader(self.reader)
@@ -267,8 +272,18 @@ class ExecutorFileReader:
             progress(ReadProgress(self.name, index, len(self.reader.chunks), info.offset + info.length,
                                   self.reader.manifest_offset))
 
-    def accounts(self, progress: ProgressFn | None = None) -> Iterator[FatAccount]:
-        """Every fat RLP of the state chunks in file order (pieces of a split account consecutive)."""
+    def accounts(self, progress: ProgressFn | None = None, *, parallel: bool = True) -> Iterator[FatAccount]:
+        """Every fat RLP of the state chunks in file order (pieces of a split account consecutive).
+
+        With ``parallel`` and at least :data:`PARALLEL_MIN_BYTES` of state chunks, the chunks are read,
+        hash-checked, decompressed and decoded by a worker process (:class:`_DecodeWorker`) while the
+        caller consumes them; the items, their order and every error (same class, file, chunk, check and
+        message, raised at the same point of the stream) are those of the sequential path.
+        """
+        if (parallel and PARALLEL_DECODE and self.manifest.state_chunks
+                and sum(c.length for c in self.manifest.state_chunks) >= PARALLEL_MIN_BYTES):
+            yield from self._accounts_parallel(progress)
+            return
         name = self.name
         for index in range(len(self.manifest.state_chunks)):
             items = self.reader.read_chunk(index, prefix_items=0)
@@ -292,7 +307,24 @@ class ExecutorFileReader:
                 first = False
             self._progress(progress, index)
 
+    def _accounts_parallel(self, progress: ProgressFn | None) -> Iterator[FatAccount]:
+        worker = _DecodeWorker(self.name, len(self.manifest.state_chunks))
+        self._worker = worker
+        try:
+            for kind, value in worker.results():
+                if kind == "end":
+                    self._progress(progress, value)
+                else:
+                    yield from value
+        finally:
+            worker.stop()
+            self._worker = None
+
     def close(self) -> None:
+        worker = self._worker
+        if worker is not None:  # a consumer that stopped early (an error, an abort): no orphan process
+            worker.stop()
+            self._worker = None
         self.reader.close()
 
     def __enter__(self) -> ExecutorFileReader:
@@ -300,6 +332,106 @@ class ExecutorFileReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+PARALLEL_DECODE: bool = os.environ.get("PYCITA_SNAPSHOT_WORKERS", "1") != "0"
+"""Whether :meth:`ExecutorFileReader.accounts` may decode in a worker process (``PYCITA_SNAPSHOT_WORKERS=0``: never)."""
+PARALLEL_MIN_BYTES: int = 1 << 20
+"""State chunks smaller than this in all (compressed) are decoded in the calling process: starting the
+worker (about 0.3 s of interpreter start and imports) costs more than it saves."""
+_BATCH: Final[int] = 2048  # fat accounts per message from the worker
+
+
+def _decode_chunks(name: str, count: int, out: IO[bytes]) -> None:
+    """Worker process body: the state chunks 0..count-1 of ``name`` as pickled ``("items", [FatAccount...])``
+    batches and ``("end", index)`` per chunk on ``out``, or ``("error", exc)`` where the sequential reader
+    would raise it. The pipe's backpressure bounds how far it runs ahead."""
+
+    def put(message: tuple[str, Any]) -> None:
+        pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
+
+    try:
+        with ChunkReader(name, chunk_tables=(1, 2), versions=(EXECUTOR_FORMAT_VERSION,)) as reader:
+            for index in range(count):
+                items = reader.read_chunk(index, prefix_items=0)
+                if not items:
+                    raise ChunkDecodeError("state chunk holds no account", file=name, chunk=index)
+                batch: list[FatAccount] = []
+                try:
+                    for raw in items:
+                        batch.append(decode_fat_account(raw, file=name, chunk=index))
+                        if len(batch) >= _BATCH:
+                            put(("items", batch))
+                            batch = []
+                finally:
+                    if batch:  # the items before a bad one are consumed before its error, as in sequence
+                        put(("items", batch))
+                put(("end", index))
+    except BrokenPipeError:  # the consumer stopped (an error, an abort): exit quietly
+        return
+    except BaseException as exc:  # noqa: BLE001 - every failure is handed to the consumer
+        try:
+            pickle.dumps(exc)
+        except Exception:  # an exception that does not pickle: its text
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        try:
+            put(("error", exc))
+        except BrokenPipeError:
+            return
+    out.flush()
+
+
+class _DecodeWorker:
+    """One worker process (``python -m pycita.snapshot._decode_worker``) decoding state chunks ahead of the
+    consumer; :meth:`stop` ends it. A plain subprocess (not multiprocessing): nothing of the caller's
+    ``__main__`` is re-run and nothing is forked from a threaded service."""
+
+    def __init__(self, name: str, count: int) -> None:
+        self.name = name
+        self.count = count
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pycita.snapshot._decode_worker", name, str(count)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env, bufsize=1 << 20)
+        assert self.process.stdout is not None
+        self.stdout = self.process.stdout
+
+    def results(self) -> Iterator[tuple[str, Any]]:
+        done = 0
+        while done < self.count:
+            try:
+                kind, value = pickle.load(self.stdout)
+            except (EOFError, pickle.UnpicklingError) as exc:
+                code = self.process.wait()
+                raise SnapshotError(f"the decoding worker exited (code {code}) before the end of the state "
+                                    "chunks", file=self.name, check="chunk decode") from exc
+            if kind == "error":
+                raise value
+            if kind == "end":
+                done += 1
+            yield kind, value
+
+    def stop(self) -> None:
+        """End the worker and wait for it (closing the pipe makes its next write fail); idempotent."""
+        proc = self.process
+        if proc.poll() is None:
+            proc.terminate()  # a stopped consumer: no need to let it finish its chunk
+        try:
+            self.stdout.close()
+        except OSError:  # pragma: no cover
+            pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a worker stuck in a read
+            proc.kill()
+            proc.wait()
+
+
+_EMPTY_BLOB: Final[bytes] = encode_uint(int(BlobState.EMPTY)) + encode_bytes(b"")
+_HASH_STATE: Final[bytes] = encode_uint(int(BlobState.HASH))
+_INLINE_STATE: Final[bytes] = encode_uint(int(BlobState.INLINE))
 
 
 class _StateEmitter:
@@ -320,17 +452,17 @@ class _StateEmitter:
             raise SnapshotError(f"account 0x{address.hex()}: {what} hash does not match its bytes",
                                 file=self.name, check="write", expected=declared, actual=digest)
         if not data:
-            return digest, encode_uint(int(BlobState.EMPTY)) + encode_bytes(b"")
+            return digest, _EMPTY_BLOB
         if digest in self.emitted:
-            return digest, encode_uint(int(BlobState.HASH)) + encode_bytes(digest)
+            return digest, _HASH_STATE + encode_bytes(digest)
         self.emitted.add(digest)
-        return digest, encode_uint(int(BlobState.INLINE)) + encode_bytes(data)
+        return digest, _INLINE_STATE + encode_bytes(data)
 
     @staticmethod
     def _later_blob(data: bytes, digest: bytes) -> bytes:
         if not data:
-            return encode_uint(int(BlobState.EMPTY)) + encode_bytes(b"")
-        return encode_uint(int(BlobState.HASH)) + encode_bytes(digest)
+            return _EMPTY_BLOB
+        return _HASH_STATE + encode_bytes(digest)
 
     def run(self, accounts: Iterable[AccountSource]) -> Iterator[tuple[bytes, bytes]]:
         prev: bytes | None = None

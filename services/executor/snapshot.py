@@ -29,10 +29,11 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import rlp
 
-from pycita.crypto import EMPTY_KECCAK, Address, Hash32, keccak
+from pycita.crypto import EMPTY_KECCAK, Hash32, keccak
 from pycita.errors import DecodeError
 from pycita.execution import init_genesis_state
 from pycita.genesis import Genesis
@@ -41,10 +42,10 @@ from pycita.snapshot.errors import SnapshotError
 from pycita.snapshot.journal import discard_staged, fsync_tree, write_complete_marker
 from pycita.snapshot.state_format import AccountSource, HeaderEntry, write_state_file
 from pycita.snapshot.verify import verify_executor_file
-from pycita.state import NodeStore, decode_account
+from pycita.state import decode_account
 from pycita.storage import KV, LevelDB
 from pycita.trie import BLANK_ROOT, MissingTrieNode, Trie
-from pycita.types import Account, Header, decode_as
+from pycita.types import Header, decode_as
 from services.executor import schema
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,28 @@ def _height_entry(kv: KV, height: int, name: str) -> tuple[bytes, bytes]:
 # ------------------------------------------------------------------ export
 
 
+class _Account(NamedTuple):
+    """The fields of :class:`pycita.types.Account` that :func:`write_state_file` reads (no sedes object per account)."""
+
+    nonce: int
+    balance: int
+    storage_root: bytes
+    code_hash: bytes
+    abi_hash: bytes
+
+
+class _ScanNodes:
+    """Trie node reader for one export walk: no cache (a walk reads each node once) and, on LevelDB, reads
+    that do not fill the block cache (an export of a large state would otherwise grow the process by the
+    whole cache)."""
+
+    def __init__(self, kv: KV) -> None:
+        self._get = getattr(kv, "get_uncached", kv.get)
+
+    def get(self, node_hash: bytes, /) -> bytes | None:
+        return self._get(schema.NODE_PREFIX + node_hash)  # type: ignore[no-any-return]
+
+
 def export_state(kv: KV, genesis: Genesis, path: Path, height: int, *, check: Check = _no_check,
                  progress: Progress = _no_progress, fsync: bool = True) -> StateSnapshotResult:
     """Write ``path`` (the executor file): the state at ``height`` and headers 1..``height``.
@@ -95,7 +118,7 @@ def export_state(kv: KV, genesis: Genesis, path: Path, height: int, *, check: Ch
     if height <= 0:
         raise SnapshotError("height 0 is the genesis block, which is not exported", file=name, check="height")
     block_hash, state_root = _height_entry(kv, height, name)
-    nodes = NodeStore(kv, cache_limit=10_000)
+    nodes = _ScanNodes(kv)
     counts = {"accounts": 0, "blocks": 0}
 
     def blob(key: bytes, digest: bytes, what: str, addr: bytes) -> bytes:
@@ -117,8 +140,8 @@ def export_state(kv: KV, genesis: Genesis, path: Path, height: int, *, check: Ch
                                                       else Trie(nodes, storage_root).items())
             counts["accounts"] += 1
             progress(counts["accounts"], 0, 0, 0)
-            yield (Address(addr), Account(nonce, balance, storage_root, code_hash, abi_hash), code, abi,
-                   storage)
+            yield (addr, _Account(nonce, balance, storage_root, code_hash, abi_hash), code,  # type: ignore[misc]
+                   abi, storage)
 
     def headers() -> Iterator[Header]:
         for number in range(1, height + 1):
