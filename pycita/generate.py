@@ -314,7 +314,13 @@ def generate(node_dir: str | Path, params: GenerateParams,
         done_txs = 0
         remaining = total_txs
         pending: _Plan | None = None
-        for b in range(params.blocks):
+        b = -1
+        while True:
+            b += 1
+            if b >= params.blocks and remaining <= 0:
+                break
+            # ``--blocks`` is a minimum: when the quota limit cuts blocks short (big STOREs), extra
+            # blocks carry the rest instead of leaving transactions behind.
             tip = chain.tip
             number = tip.height + 1
             # -- transactions of this block (as auth hands them: within the quota limit)
@@ -341,6 +347,9 @@ def generate(node_dir: str | Path, params: GenerateParams,
                 txs.append(tx)
                 senders.append(sender_addrs[s])
             remaining -= len(txs)
+            if not txs and remaining > 0 and b >= params.blocks:
+                raise GenerateError("a planned transaction needs more quota than a block allows "
+                                    f"({quota_limit}); lower --slots per contract")
             # -- the proposal, as the consensus engine builds it
             header = Header(
                 parent_hash=tip.hash, state_root=ZERO_HASH,
@@ -395,7 +404,7 @@ def generate(node_dir: str | Path, params: GenerateParams,
         tip = chain.tip
         report = GenerateReport(
             node_dir=str(cfg.node_dir), start_height=start_height, height=tip.height,
-            block_hash="0x" + tip.hash.hex(), state_root="0x" + tip.state_root.hex(), blocks=params.blocks,
+            block_hash="0x" + tip.hash.hex(), state_root="0x" + tip.state_root.hex(), blocks=chain.tip.height - start_height,
             transactions=done_txs, accounts_created=params.accounts, contracts=params.contracts,
             slots=params.slots, seconds=round(time.perf_counter() - started, 3),
             signing_seconds=round(t_sign, 3), execute_seconds=round(t_exec, 3), chain_seconds=round(t_chain, 3))
