@@ -395,7 +395,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `pycita logs | head` ends quietly
     started = time.monotonic()
     try:
         code: int = args.func(args)
@@ -411,5 +410,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point: ``pycita ...`` as a process.
+
+    Only here (not in :func:`main`, which tests call in-process) is SIGPIPE
+    restored to its default, so that ``pycita logs | head`` ends quietly; in a
+    long-lived process it would turn a write to any closed socket into death.
+    """
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
