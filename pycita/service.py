@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pycita.config import NodeConfig, load_node_config
@@ -260,6 +261,35 @@ class Service:
     def answer_snapshot(self, resp: pb.SnapshotResp) -> None:
         """Publish ``<service>.snapshot_resp`` (confirmed)."""
         self.publish("snapshot_resp", resp, request_id=resp.request_id, confirm=True)
+
+    def swap_in_staged(self, paths: tuple[Path, Path, Path], end_height: int, block_hash: bytes,
+                       close: Callable[[], None], reopen: Callable[[], None]) -> bool:
+        """Clear's store swap for a service with a staged store: ``(live, staged, backup)`` paths.
+
+        Checks the staged store's COMPLETE marker names (``end_height``,
+        ``block_hash``), closes the live store, swaps staged -> live (live ->
+        backup) and reopens it. Returns False when nothing is staged (a re-sent
+        Clear); raises :class:`SnapshotStepFailed` when the staged store is
+        incomplete or holds another block.
+        """
+        from pycita.snapshot.journal import commit_staged, read_complete_marker
+
+        live, staged, backup = paths
+        if not staged.exists():
+            return False
+        marker = read_complete_marker(staged)
+        if marker is None:
+            raise SnapshotStepFailed(f"{self.name}: the staged store {staged} is incomplete; restore again")
+        if end_height and (marker["height"], marker["block_hash"]) != (end_height, block_hash):
+            raise SnapshotStepFailed(
+                f"{self.name}: the staged store holds block {marker['height']} "
+                f"0x{marker['block_hash'].hex()}, Clear names {end_height} 0x{block_hash.hex()}")
+        close()
+        try:
+            commit_staged(live, staged, backup)
+        finally:
+            reopen()
+        return True
 
     def start_snapshot_job(self, req: pb.SnapshotReq, resp: pb.SnapshotResp,
                            work: Callable[[SnapshotJob], None],

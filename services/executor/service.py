@@ -50,7 +50,6 @@ from pycita.service import ANSWER_LATER, Service, SnapshotJob, SnapshotStepFaile
 from pycita.snapshot.files import snapshot_files
 from pycita.snapshot.journal import (
     RestoreJournal,
-    commit_staged,
     discard_staged,
     read_complete_marker,
     recover_store,
@@ -283,21 +282,8 @@ class ExecutorService(Service):
         if self._restore is not None and self._restore.running:
             raise SnapshotStepFailed("executor: Clear while the restore is still verifying")
         self.flight_mode = True
-        live, staged, backup = self.paths
         want_hash = bytes(req.block_hash)
-        if staged.exists():
-            marker = read_complete_marker(staged)
-            if marker is None:
-                raise SnapshotStepFailed(f"executor: the staged store {staged} is incomplete; restore again")
-            if req.end_height and (marker["height"], marker["block_hash"]) != (req.end_height, want_hash):
-                raise SnapshotStepFailed(
-                    f"executor: the staged store holds block {marker['height']} "
-                    f"0x{marker['block_hash'].hex()}, Clear names {req.end_height} 0x{want_hash.hex()}")
-            self.store.close()
-            try:
-                commit_staged(live, staged, backup)
-            finally:
-                self._open_store()
+        if self.swap_in_staged(self.paths, req.end_height, want_hash, self.store.close, self._open_store):
             log.info("executor: restored state is live at block %s", self.executor.tip.height)
         tip = self.executor.tip
         # A re-sent Clear (the tool died after some services had already processed End) may find the
