@@ -31,7 +31,7 @@ trie nodes in a bounded cache.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -155,7 +155,7 @@ def rlp_int(value: int) -> bytes:
     return rlp_bytes(value.to_bytes((value.bit_length() + 7) // 8, "big"))
 
 
-def rlp_list(encoded_items: list[bytes]) -> bytes:
+def rlp_list(encoded_items: Sequence[bytes]) -> bytes:
     """RLP of a list whose items are already RLP-encoded."""
     payload = b"".join(encoded_items)
     n = len(payload)

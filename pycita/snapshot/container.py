@@ -62,6 +62,7 @@ from pycita.snapshot.errors import (
     TruncatedFile,
     UnsupportedVersion,
 )
+from pycita.state import rlp_bytes, rlp_int, rlp_list
 
 __all__ = [
     "CHUNK_PAYLOAD_LIMIT",
@@ -98,36 +99,21 @@ _LIST_HEADER_MAX: Final[int] = 9  # an RLP list header is at most 9 bytes
 # --------------------------------------------------------------------------- helpers
 
 
-_STR_HDR: Final[tuple[bytes, ...]] = tuple(bytes((0x80 + n,)) for n in range(56))
-_LIST_HDR: Final[tuple[bytes, ...]] = tuple(bytes((0xC0 + n,)) for n in range(56))
-
-
 def encode_list(encoded_items: Sequence[bytes]) -> bytes:
     """RLP of a list whose items are already RLP-encoded."""
-    body = b"".join(encoded_items)
-    n = len(body)
-    if n < 56:
-        return _LIST_HDR[n] + body
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((0xF7 + len(size),)) + size + body
+    return rlp_list(encoded_items)
 
 
 def encode_bytes(data: bytes) -> bytes:
     """RLP of a byte string (same bytes as ``rlp.encode(data)``)."""
-    n = len(data)
-    if n == 1 and data[0] < 0x80:
-        return data
-    if n < 56:
-        return _STR_HDR[n] + data
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((0xB7 + len(size),)) + size + data
+    return rlp_bytes(data)
 
 
 def encode_uint(value: int) -> bytes:
     """RLP of a non-negative integer (same bytes as ``rlp.encode(value)``)."""
     if value < 0:
         raise ValueError("RLP integers are non-negative")
-    return encode_bytes(value.to_bytes((value.bit_length() + 7) // 8, "big") if value else b"")
+    return rlp_int(value)
 
 
 def encode_raw(obj: bytes | list[Any]) -> bytes:
