@@ -262,17 +262,35 @@ def profile_restore(node_dir: Path, name: str, scratch: Path, top: int = 25) -> 
 # ------------------------------------------------------------------ one size
 
 
-def bench_size(accounts: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def parse_sizes(spec: str, default_blocks: int) -> list[tuple[int, int]]:
+    """``"10000,100000,1000000:100000"`` -> [(accounts, blocks), ...]; blocks default to ``--blocks``."""
+    out: list[tuple[int, int]] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        acc, _, blk = part.partition(":")
+        try:
+            out.append((int(acc), int(blk) if blk else default_blocks))
+        except ValueError:
+            raise SystemExit(f"snapshot_bench: bad size {part!r} in --sizes (expected ACCOUNTS or ACCOUNTS:BLOCKS)") from None
+    if not out:
+        raise SystemExit("snapshot_bench: --sizes names no size")
+    return out
+
+
+def bench_size(accounts: int, blocks: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from pycita import node as nodelib
     from pycita.generate import GenerateParams, GenerateReport, generate
 
-    root = work / f"acc{accounts}"
+    root = work / f"acc{accounts}-b{blocks}"
     contracts = max(1, accounts // 1000)
     slots = accounts // 10
-    res: dict[str, Any] = {"accounts": accounts, "blocks": args.blocks, "contracts": contracts, "slots": slots}
+    res: dict[str, Any] = {"accounts": accounts, "blocks": blocks, "contracts": contracts, "slots": slots}
     saved = root / "generate.json"  # written after a complete generation, for --reuse
+    replay_saved = root / "replay.json"  # the replay of that generated chain, for --reuse
     nd = root / "0"
-    if args.reuse and saved.is_file() and json.loads(saved.read_text()).get("params") == [args.blocks,
+    if args.reuse and saved.is_file() and json.loads(saved.read_text()).get("params") == [blocks,
                                                                                            args.block_interval]:
         if nodelib.is_running(nd):
             nodelib.stop(nd)
@@ -285,15 +303,33 @@ def bench_size(accounts: int, args: argparse.Namespace, work: Path) -> dict[str,
             shutil.rmtree(root)
         info = nodelib.create_chain(root, 1, args.block_interval, jsonrpc_port=None)
         nd = info.node_dirs[0]
-        log(f"[{accounts}] generating {args.blocks} blocks, {contracts} contracts, {slots} slots")
-        gen = generate(nd, GenerateParams(accounts=accounts, blocks=args.blocks, contracts=contracts, slots=slots,
-                                          txs_per_block=max(5000, -(-accounts // args.blocks) + 10)))
-        saved.write_text(json.dumps({"params": [args.blocks, args.block_interval], "report": gen.to_json()}))
+        log(f"[{accounts}] generating {blocks} blocks, {contracts} contracts, {slots} slots")
+        gen = generate(nd, GenerateParams(accounts=accounts, blocks=blocks, contracts=contracts, slots=slots,
+                                          txs_per_block=max(5000, -(-accounts // blocks) + 10)))
+        saved.write_text(json.dumps({"params": [blocks, args.block_interval], "report": gen.to_json()}))
     res["generate"] = gen.to_json()
-    if args.generate_only:
-        return res
     res["data_dir_bytes"] = dir_size(nd / "data")
     log(f"[{accounts}] generated in {gen.seconds:.1f} s; data {res['data_dir_bytes'] / 2**20:.1f} MiB")
+
+    # replay (a fresh node re-executing the chain from genesis), in a subprocess; it depends only on the
+    # generated chain, so a --generate-only run measures it once and --reuse runs take it from replay.json
+    if accounts > args.replay_max_accounts:
+        res["replay"] = {"skipped": f"accounts > --replay-max-accounts {args.replay_max_accounts}"}
+    elif args.reuse and replay_saved.is_file():
+        res["replay"] = {**json.loads(replay_saved.read_text()), "reused_from": str(replay_saved)}
+        log(f"[{accounts}] replay {res['replay']['wall_s']} s (measured earlier on this node, {replay_saved})")
+    else:
+        rep = run_timed([sys.executable, __file__, "--replay-worker", str(nd), str(work / f"acc{accounts}-replay")])
+        if rep["returncode"] != 0:
+            raise SystemExit(f"snapshot_bench: replay of {nd} failed: {rep['stderr'][-2000:]}")
+        res["replay"] = {**json.loads(rep["stdout"].strip().splitlines()[-1]), "cpu_s": rep["cpu_s"],
+                         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         "loadavg_after": list(os.getloadavg())}
+        shutil.rmtree(work / f"acc{accounts}-replay", ignore_errors=True)
+        replay_saved.write_text(json.dumps(res["replay"]))
+        log(f"[{accounts}] replay {res['replay']['wall_s']} s ({res['replay']['transactions']} txs)")
+    if args.generate_only:
+        return res
 
     # tar | zstd -3 of the data dirs, and unpacking (node stopped: a consistent copy)
     tarball = work / f"acc{accounts}.tar.zst"
@@ -307,15 +343,6 @@ def bench_size(accounts: int, args: argparse.Namespace, work: Path) -> dict[str,
     tarball.unlink()
     log(f"[{accounts}] tar|zstd {res['tar_zstd']['wall_s']} s {res['tar_zstd']['bytes']} B; "
         f"untar {res['untar']['wall_s']} s")
-
-    # replay (a fresh node re-executing the chain from genesis), in a subprocess
-    if accounts <= args.replay_max_accounts:
-        rep = run_timed([sys.executable, __file__, "--replay-worker", str(nd), str(work / f"acc{accounts}-replay")])
-        res["replay"] = {**json.loads(rep["stdout"].strip().splitlines()[-1]), "cpu_s": rep["cpu_s"]}
-        shutil.rmtree(work / f"acc{accounts}-replay", ignore_errors=True)
-        log(f"[{accounts}] replay {res['replay']['wall_s']} s ({res['replay']['transactions']} txs)")
-    else:
-        res["replay"] = {"skipped": f"accounts > --replay-max-accounts {args.replay_max_accounts}"}
 
     tool = str(BIN / "snapshot_tool")
     nodelib.start(nd, timeout=120)
@@ -499,7 +526,8 @@ def log(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="1000,3000,10000", help="comma-separated account counts (default: quick)")
+    p.add_argument("--sizes", default="1000,3000,10000",
+                   help="comma-separated ACCOUNTS or ACCOUNTS:BLOCKS (default: quick; blocks from --blocks)")
     p.add_argument("--blocks", type=int, default=200, help="generated blocks per size (default: 200)")
     p.add_argument("--block-interval", type=float, default=1.0, help="node block interval, s (default: 1)")
     p.add_argument("--rate-window", type=float, default=10.0, help="seconds per block-rate measurement")
@@ -521,18 +549,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.replay_worker:
         print(json.dumps(replay_worker(Path(args.replay_worker[0]), Path(args.replay_worker[1]))))
         return 0
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    sizes = parse_sizes(args.sizes, args.blocks)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"machine": machine(), "params": {k: v for k, v in vars(args).items()
                                                              if k != "replay_worker"},
                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sizes": []}
     if args.generate_only:
-        for n in sizes:
-            log(f"[{n}] generated: {json.dumps(bench_size(n, args, work)['generate'])}")
+        for n, b in sizes:
+            log(f"[{n}] generated: {json.dumps(bench_size(n, b, args, work)['generate'])}")
         return 0
-    for n in sizes:
-        r = bench_size(n, args, work)
+    for n, b in sizes:
+        r = bench_size(n, b, args, work)
         r["derived"] = derive(r)
         out["sizes"].append(r)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -8,13 +8,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NewType
+from typing import NewType, cast
 
 import coincurve
 from Crypto.Hash import keccak as _keccak
 
 from pycita.errors import PycitaError
+from pycita.native import native as _native
 
 Hash32 = NewType("Hash32", bytes)
 Address = NewType("Address", bytes)
@@ -27,9 +29,14 @@ class SignatureError(PycitaError):
     """Raised when a signature is malformed or does not recover to a public key."""
 
 
-def keccak(data: bytes) -> Hash32:
-    """Return keccak-256 of ``data``."""
+def keccak_reference(data: bytes) -> Hash32:
+    """Keccak-256 of ``data`` by pycryptodome (the reference the C extension is tested against)."""
     return Hash32(_keccak.new(digest_bits=256, data=data).digest())
+
+
+keccak: Callable[[bytes], Hash32] = (cast(Callable[[bytes], Hash32], _native.keccak256) if _native is not None
+                                     else keccak_reference)
+"""Return keccak-256 of ``data`` (the C extension's when built, else :func:`keccak_reference`)."""
 
 
 def pubkey_to_address(pubkey_uncompressed: bytes) -> Address:

@@ -52,8 +52,12 @@ Design
   keys), emitting every node as soon as it is final: O(depth) memory.
 * :meth:`Trie.items` walks the committed trie depth-first with an explicit
   stack, reading nodes from the database as it goes.
+* With the C extension (:mod:`pycita.native`), :func:`build_from_sorted` and
+  :func:`iter_items` run the same algorithms in C
+  (:class:`pycita._native.TrieBuilder`, :class:`pycita._native.TrieWalker`):
+  the same nodes, roots, order and errors, without per-item Python work.
 
-Hashing goes through the keccak one-shot entry point of pycryptodome's native
+Hashing goes through the extension's Keccak when it is loaded, else through the keccak one-shot entry point of pycryptodome's native
 library when available (about twice as fast as going through its Python
 wrapper); it is checked against :func:`pycita.crypto.keccak` at import and
 falls back to it otherwise.
@@ -64,10 +68,12 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from typing import Final, Protocol
 
 from pycita.crypto import keccak
 from pycita.errors import DecodeError, PycitaError
+from pycita.native import native as _native
 
 __all__ = [
     "BLANK_ROOT",
@@ -76,6 +82,8 @@ __all__ = [
     "NodeReader",
     "Trie",
     "build_from_sorted",
+    "discard_node",
+    "iter_items",
 ]
 
 BLANK_ROOT: Final[bytes] = keccak(b"\x80")
@@ -139,6 +147,8 @@ _ONESHOT = _load_oneshot()
 
 def _make_hasher() -> Callable[[bytes], bytes]:
     """A keccak-256 function with its own output buffer (one per trie or build)."""
+    if _native is not None:
+        return _native.keccak256  # type: ignore[no-any-return]
     fn = _ONESHOT
     if fn is None:
         return keccak
@@ -200,8 +210,8 @@ def _enc_leaf(path: str, value: bytes) -> bytes:
         size = n.to_bytes((n.bit_length() + 7) // 8, "big")
         value_header = bytes((0xB7 + len(size),)) + size
     if h > 1:
-        hp_header = _STR_HDR[h]
-        total = 1 + h + len(value_header) + n
+        hp_header = _STR_HDR[h] if h < 56 else _enc_str(hp)[:-h]  # a key of 55+ bytes: long form
+        total = len(hp_header) + h + len(value_header) + n
     else:  # a single byte below 0x80 is its own encoding
         hp_header = b""
         total = 1 + len(value_header) + n
@@ -433,9 +443,13 @@ class Trie:
             if isinstance(node, _Leaf):
                 full = prefix + node.path
                 if full >= s:
+                    if len(full) & 1:
+                        raise DecodeError("trie walk", f"trie key of an odd number of nibbles: {full}")
                     yield bytes.fromhex(full), node.value
             elif isinstance(node, _Branch):
                 if node.value and prefix >= s:
+                    if len(prefix) & 1:
+                        raise DecodeError("trie walk", f"trie key of an odd number of nibbles: {prefix}")
                     yield bytes.fromhex(prefix), node.value
                 children = node.children
                 bounded = prefix <= s  # else every key below is >= start
@@ -662,6 +676,67 @@ def _lcp_bytes(a: bytes, b: bytes) -> int:
     return 2 * n - (x.bit_length() + 3) // 4
 
 
+def discard_node(_hash: bytes, _node: bytes, /) -> None:
+    """A node sink that keeps nothing (root computation only; the native builder then skips the nodes)."""
+    return None
+
+
+_FEED: Final[int] = 2048  # pairs per call into the native builder
+
+
+def _build_native(first: tuple[bytes, bytes], rest: Iterator[tuple[bytes, bytes]],
+                  sink: Callable[[bytes, bytes], None]) -> bytes:
+    """:func:`build_from_sorted` with :class:`pycita._native.TrieBuilder` (same nodes, root and errors)."""
+    assert _native is not None
+    emit = sink is not discard_node
+    builder = _native.TrieBuilder(emit)
+    batch = [first]
+    batch.extend(islice(rest, _FEED - 1))
+    while batch:
+        nodes = builder.feed(batch)
+        if emit:
+            for node_hash, node in nodes:
+                sink(node_hash, node)
+        batch = list(islice(rest, _FEED))
+    root, nodes = builder.finish()
+    if emit:
+        for node_hash, node in nodes:
+            sink(node_hash, node)
+    return root  # type: ignore[no-any-return]
+
+
+def iter_items(get: Callable[[bytes], bytes | None], root_hash: bytes, prefix: bytes = b"",
+               batch: int = 1024) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of the trie at ``root_hash`` in ascending key order, the nodes read by ``get(prefix + hash)``.
+
+    What :meth:`Trie.items` yields, without a :class:`Trie` (a bulk walk such as a snapshot export: ``get``
+    can be a plain bound method, no wrapper per node). Raises :class:`MissingTrieNode` and
+    :class:`DecodeError` as :meth:`Trie.items` does.
+    """
+    if len(root_hash) != 32:
+        raise ValueError(f"root hash must be 32 bytes, got {len(root_hash)}")
+    if root_hash == BLANK_ROOT:
+        return
+    if _native is None:
+        class _Prefixed:
+            def get(self, node_hash: bytes, /) -> bytes | None:
+                return get(prefix + node_hash)
+
+        yield from Trie(_Prefixed(), root_hash).items()
+        return
+    walker = _native.TrieWalker(get, root_hash, prefix)
+    while True:
+        try:
+            pairs = walker.next_batch(batch)
+        except KeyError as exc:
+            raise MissingTrieNode(exc.args[0]) from None
+        except ValueError as exc:
+            raise DecodeError("trie walk", str(exc)) from None
+        if not pairs:
+            return
+        yield from pairs
+
+
 def build_from_sorted(items: Iterable[tuple[bytes, bytes]], sink: Callable[[bytes, bytes], None]) -> bytes:
     """Build the trie of ``items`` (strictly ascending keys, non-empty values).
 
@@ -675,6 +750,14 @@ def build_from_sorted(items: Iterable[tuple[bytes, bytes]], sink: Callable[[byte
     first = next(iterator, None)
     if first is None:  # no storage: nothing to build (the common case for accounts)
         return BLANK_ROOT
+    if _native is not None:
+        return _build_native(first, iterator, sink)
+    return _build_python(first, iterator, sink)
+
+
+def _build_python(first: tuple[bytes, bytes], iterator: Iterator[tuple[bytes, bytes]],
+                  sink: Callable[[bytes, bytes], None]) -> bytes:
+    """The pure-Python :func:`build_from_sorted` (the reference of the native builder)."""
     hasher = _thread_hasher()
     nib = _NIB
     # Open branches, deepest last: (depth in nibbles, 16 child references + value).

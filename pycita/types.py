@@ -51,13 +51,14 @@ Ethereum does), computed by :func:`ordered_root`.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import NewType
+from typing import Final, NewType
 
 import rlp
 from rlp.sedes import Binary, CountableList, big_endian_int, binary
 
 from pycita.crypto import EMPTY_KECCAK, Address, Hash32, keccak, recover_address
 from pycita.errors import DecodeError
+from pycita.native import native as _native
 
 Height = NewType("Height", int)
 
@@ -172,11 +173,60 @@ class Block(rlp.Serializable):  # type: ignore[misc]
         return self.header.hash  # type: ignore[no-any-return]
 
 
+_INT: Final = -1
+_ANY: Final = -2
+_HEADER_KINDS: Final[tuple[int, ...]] = (32, 32, 32, 32, 256, _INT, _INT, _INT, _INT, _INT, _ANY, 20)
+"""Per :class:`Header` field: its fixed byte length, ``_INT`` (canonical integer) or ``_ANY`` (any bytes)."""
+_HEADER_ATTRS: Final[tuple[str, ...]] = tuple(Header._meta.field_attrs)
+
+
+def header_from_fields(fields: object, encoded: bytes) -> Header | None:
+    """A :class:`Header` from its decoded RLP list ``fields`` and its encoding, built without pyrlp's
+    per-field machinery (snapshots handle headers by the hundred thousand); ``None`` unless ``fields`` is the
+    plain valid shape (then ``Header.deserialize`` decides and names the problem). ``rlp.encode`` of the
+    result returns ``encoded`` (pyrlp's cache), so the caller must pass the encoding of ``fields``."""
+    if type(fields) is not list or len(fields) != 12:
+        return None
+    values: list[object] = []
+    append = values.append
+    for raw, kind in zip(fields, _HEADER_KINDS, strict=True):
+        if type(raw) is not bytes:
+            return None
+        if kind == _INT:
+            if raw and not raw[0]:
+                return None
+            append(int.from_bytes(raw, "big"))
+        elif kind == _ANY or len(raw) == kind:
+            append(raw)
+        else:
+            return None
+    header = Header.__new__(Header)
+    setattr_ = object.__setattr__
+    for attr, value in zip(_HEADER_ATTRS, values, strict=True):
+        setattr_(header, attr, value)
+    header._cached_rlp = encoded
+    return header
+
+
+def decode_header_rlp(data: bytes, what: str) -> Header:
+    """``decode_as(data, Header, what)``, fast for the plain valid shape (see :func:`header_from_fields`)."""
+    if _native is not None:
+        try:
+            fields = _native.rlp_decode(data, 2)
+        except ValueError:
+            fields = None
+        header = header_from_fields(fields, data) if fields is not None else None
+        if header is not None:
+            return header
+    return decode_as(data, Header, what)  # type: ignore[return-value]
+
+
 def decode_as(data: bytes, sedes: type, what: str) -> rlp.Serializable:
     """Decode RLP ``data`` as ``sedes`` or raise :class:`DecodeError` naming ``what``."""
     try:
         return rlp.decode(data, sedes)
-    except (rlp.exceptions.DecodingError, rlp.exceptions.DeserializationError) as exc:
+    except (rlp.exceptions.DecodingError, rlp.exceptions.DeserializationError, TypeError, ValueError) as exc:
+        # pyrlp raises TypeError for a list where an integer is expected
         raise DecodeError(what, str(exc)) from exc
 
 

@@ -5,7 +5,9 @@
 #
 #   1. makes sure python3 (>= 3.11) with venv is available (apt-get as root);
 #   2. creates .venv if it is missing;
-#   3. pip install -e '.[dev]' when pyproject.toml changed since the last install;
+#   3. pip install -e '.[dev]' when pyproject.toml, setup.py or pycita/_native.c
+#      changed since the last install (it builds the C extension pycita._native;
+#      gcc and the Python headers are installed with apt-get when missing);
 #   4. regenerates pycita/proto/*_pb2.py when a proto/*.proto is newer;
 #   5. runs scripts/ensure_rabbitmq.sh (installs and starts RabbitMQ).
 #
@@ -46,10 +48,19 @@ if [ ! -x "$VENV/bin/python" ]; then
     fi
 fi
 
+# ------------------------------------------------------------- C compiler (pycita._native)
+if ! command -v cc >/dev/null 2>&1; then
+    apt_install gcc libc6-dev
+fi
+if [ ! -f "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; then
+    apt_install python3-dev
+fi
+
 # ------------------------------------------------------------- pip install
 stamp="$VENV/.pycita-install-stamp"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py pycita/_native.c | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python" -c 'import pycita.cli' 2>/dev/null \
+    || ! "$VENV/bin/python" -c 'import pycita._native' 2>/dev/null \
     || [ ! -x "$VENV/bin/pycita" ]; then
     log "pip install -e '.[dev]'"
     "$VENV/bin/python" -m pip install -q -e '.[dev]' </dev/null >&2

@@ -50,6 +50,7 @@ import rlp
 
 from pycita.crypto import Hash32, keccak
 from pycita.genesis import Genesis
+from pycita.native import native as _native
 from pycita.snapshot.container import (
     CHUNK_PAYLOAD_LIMIT,
     Chunker,
@@ -72,7 +73,7 @@ from pycita.snapshot.errors import (
     ManifestError,
     SnapshotError,
 )
-from pycita.types import Header, Height, Receipt, SignedTransaction
+from pycita.types import Header, Height, Receipt, SignedTransaction, header_from_fields
 
 __all__ = [
     "CHAIN_FORMAT_VERSION",
@@ -160,9 +161,13 @@ def decode_header(raw: object, *, file: str, chunk: int) -> tuple[Header, Hash32
     """A decoded header list -> (Header, block hash) or :class:`ChunkDecodeError`."""
     if not isinstance(raw, list):
         raise ChunkDecodeError("header must be an RLP list", file=file, chunk=chunk)
+    encoded = _native.rlp_encode(raw) if _native is not None else encode_raw(raw)
+    fast = header_from_fields(raw, encoded)
+    if fast is not None:
+        return fast, keccak(encoded)
     try:
         header = Header.deserialize(raw)
-    except rlp.exceptions.DeserializationError as e:
+    except (rlp.exceptions.DeserializationError, TypeError, ValueError) as e:  # TypeError: a list for an int
         raise ChunkDecodeError(f"bad header: {e}", file=file, chunk=chunk) from e
     return header, keccak(encode_raw(raw))
 
@@ -171,7 +176,7 @@ def _decode_list_of(raw: object, sedes: Any, what: str, file: str, chunk: int) -
     items = decode_list(raw, what, ChunkDecodeError, file=file, chunk=chunk)
     try:
         return tuple(sedes.deserialize(x) for x in items)
-    except rlp.exceptions.DeserializationError as e:
+    except (rlp.exceptions.DeserializationError, TypeError, ValueError) as e:  # TypeError: a list for an int
         raise ChunkDecodeError(f"bad {what}: {e}", file=file, chunk=chunk) from e
 
 

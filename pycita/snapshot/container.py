@@ -52,6 +52,7 @@ import snappy
 from rlp.sedes import big_endian_int
 
 from pycita.crypto import Hash32, keccak
+from pycita.native import native as _native
 from pycita.snapshot.errors import (
     BadTrailingOffset,
     ChunkDecodeError,
@@ -124,6 +125,8 @@ def encode_raw(obj: bytes | list[Any]) -> bytes:
 
 
 MAX_RLP_DEPTH: Final[int] = 16
+MAX_RLP_DEPTH_LIMIT: Final[int] = 256
+"""The largest ``max_depth`` honoured (both decoders recurse once per level)."""
 """Deepest list nesting :func:`decode_rlp` accepts (the formats need 5)."""
 
 
@@ -138,8 +141,22 @@ def decode_rlp(data: bytes, max_depth: int = MAX_RLP_DEPTH) -> bytes | list[Any]
     bytes below 0x80 stand for themselves, short forms below 56 bytes, no
     leading zeros in lengths), but runs in linear time (pyrlp's decoder is
     quadratic in the number of list items) and bounds the nesting depth.
+    Runs in C when :mod:`pycita.native` is loaded (it accepts exactly the
+    same inputs; a refused input is decoded again here for the message).
     Raises :class:`RLPError`.
     """
+    max_depth = min(max_depth, MAX_RLP_DEPTH_LIMIT)
+    if _native is not None:
+        try:
+            return _native.rlp_decode(data, max_depth)  # type: ignore[no-any-return]
+        except ValueError:
+            pass  # the same input is refused below, with the precise message
+    return decode_rlp_python(data, max_depth)
+
+
+def decode_rlp_python(data: bytes, max_depth: int = MAX_RLP_DEPTH) -> bytes | list[Any]:
+    """The pure-Python :func:`decode_rlp` (the reference of the native decoder)."""
+    max_depth = min(max_depth, MAX_RLP_DEPTH_LIMIT)
     item, end = _decode_at(data, 0, len(data), 0, max_depth)
     if end != len(data):
         raise RLPError(f"{len(data) - end} trailing bytes after the RLP item")

@@ -61,12 +61,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, NamedTuple
 
 import rlp
 
 from pycita.crypto import EMPTY_KECCAK, Address, Hash32, keccak
 from pycita.genesis import Genesis
+from pycita.native import native as _native
 from pycita.snapshot.chain_format import decode_header, parse_chunk_parent
 from pycita.snapshot.container import (
     CHUNK_PAYLOAD_LIMIT,
@@ -91,7 +92,7 @@ from pycita.snapshot.errors import (
     SnapshotError,
     StateRootMismatch,
 )
-from pycita.trie import build_from_sorted
+from pycita.trie import build_from_sorted, discard_node
 from pycita.types import Account, Header, Height
 
 __all__ = [
@@ -104,6 +105,7 @@ __all__ = [
     "FatAccount",
     "HeaderEntry",
     "account_rlp",
+    "decode_fat_chunk",
     "read_executor_manifest",
     "write_state_file",
 ]
@@ -167,9 +169,9 @@ class ExecutorManifest:
         )
 
 
-@dataclass(frozen=True)
-class FatAccount:
-    """One fat RLP (an account, or one piece of a split account), shape-validated."""
+class FatAccount(NamedTuple):
+    """One fat RLP (an account, or one piece of a split account), shape-validated (a named tuple: cheap to
+    build and to pickle by the millions)."""
 
     chunk: int
     address: Address
@@ -198,7 +200,15 @@ class HeaderEntry:
 
 
 def account_rlp(nonce: int, balance: int, storage_root: bytes, code_hash: bytes, abi_hash: bytes) -> bytes:
-    """RLP of :class:`pycita.types.Account` (the state trie value), built without pyrlp."""
+    """RLP of :class:`pycita.types.Account` (the state trie value), built without pyrlp (in C when
+    :mod:`pycita.native` is loaded)."""
+    if _native is not None:
+        return _native.account_rlp(nonce, balance, storage_root, code_hash, abi_hash)  # type: ignore[no-any-return]
+    return account_rlp_python(nonce, balance, storage_root, code_hash, abi_hash)
+
+
+def account_rlp_python(nonce: int, balance: int, storage_root: bytes, code_hash: bytes, abi_hash: bytes) -> bytes:
+    """The pure-Python :func:`account_rlp` (the reference of the native encoder)."""
     return encode_list([encode_uint(nonce), encode_uint(balance), encode_bytes(storage_root),
                         encode_bytes(code_hash), encode_bytes(abi_hash)])
 
@@ -249,6 +259,33 @@ def decode_fat_account(raw: object, *, file: str, chunk: int) -> FatAccount:
     return FatAccount(chunk, Address(address), nonce, balance, code_state, code, abi_state, abi, tuple(storage))
 
 
+_BLOB_STATES: Final[tuple[BlobState, ...]] = (BlobState.EMPTY, BlobState.INLINE, BlobState.HASH)
+
+
+def decode_fat_chunk_python(items: list[Any], *, file: str, chunk: int) -> Iterator[FatAccount]:
+    """The pure-Python :func:`decode_fat_chunk` (the reference of the native parser)."""
+    for raw in items:
+        yield decode_fat_account(raw, file=file, chunk=chunk)
+
+
+def decode_fat_chunk(items: list[Any], *, file: str, chunk: int) -> Iterator[FatAccount]:
+    """:func:`decode_fat_account` of every item of a decoded state chunk, in order (the same accounts and the
+    same first error; the plain valid items are parsed in C when :mod:`pycita.native` is loaded)."""
+    if _native is None:
+        yield from decode_fat_chunk_python(items, file=file, chunk=chunk)
+        return
+    states = _BLOB_STATES
+    while items:
+        parsed, bad = _native.parse_fat(items)
+        for address, nonce, balance, code_state, code, abi_state, abi, storage in parsed:
+            yield FatAccount(chunk, address, nonce, balance, states[code_state], code, states[abi_state], abi,
+                             storage)
+        if bad < 0:
+            return
+        yield decode_fat_account(items[bad], file=file, chunk=chunk)  # raises, or an item C left to Python
+        items = items[bad + 1 :]
+
+
 class ExecutorFileReader:
     """Streams the fat accounts and then the headers of an executor file, one chunk at a time."""
 
@@ -289,8 +326,7 @@ class ExecutorFileReader:
             items = self.reader.read_chunk(index, prefix_items=0)
             if not items:
                 raise ChunkDecodeError("state chunk holds no account", file=name, chunk=index)
-            for raw in items:
-                yield decode_fat_account(raw, file=name, chunk=index)
+            yield from decode_fat_chunk(items, file=name, chunk=index)
             self._progress(progress, index)
 
     def headers(self, progress: ProgressFn | None = None) -> Iterator[HeaderEntry]:
@@ -358,8 +394,8 @@ def _decode_chunks(name: str, count: int, out: IO[bytes]) -> None:
                     raise ChunkDecodeError("state chunk holds no account", file=name, chunk=index)
                 batch: list[FatAccount] = []
                 try:
-                    for raw in items:
-                        batch.append(decode_fat_account(raw, file=name, chunk=index))
+                    for fat in decode_fat_chunk(items, file=name, chunk=index):
+                        batch.append(fat)
                         if len(batch) >= _BATCH:
                             put(("items", batch))
                             batch = []
@@ -481,7 +517,7 @@ class _StateEmitter:
                                  code_first + abi_first, later, storage)
             if self.check_roots:
                 try:
-                    root = build_from_sorted(pairs, _discard)
+                    root = build_from_sorted(pairs, discard_node)
                 except ValueError as e:
                     raise OrderError(f"account 0x{address.hex()}: {e}", file=self.name) from e
                 if root != account.storage_root:
@@ -529,10 +565,6 @@ class _StateEmitter:
         self.chunker.add(encode_list([enc_address, encode_list([nonce_balance, blobs, encode_list(pairs)])]))
 
 
-def _discard(_hash: bytes, _node: bytes) -> None:
-    return None
-
-
 def write_state_file(
     path: str | os.PathLike[str],
     accounts: Iterable[AccountSource],
@@ -563,7 +595,7 @@ def write_state_file(
         items = emitter.run(accounts)
         if check_roots:
             try:
-                root = build_from_sorted(items, _discard)
+                root = build_from_sorted(items, discard_node)
             except ValueError as e:  # pragma: no cover - order is checked by the emitter
                 raise OrderError(str(e), file=name) from e
         else:

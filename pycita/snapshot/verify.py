@@ -79,7 +79,7 @@ from pycita.snapshot.state_format import (
     account_rlp,
     read_executor_manifest,
 )
-from pycita.trie import build_from_sorted
+from pycita.trie import BLANK_ROOT, build_from_sorted
 from pycita.types import Header, ordered_root
 
 __all__ = [
@@ -314,6 +314,7 @@ class _StateCheck:
         self.node_sink = node_sink
         self.blob_sink = blob_sink
         self.next_piece = next(pieces, None)
+        self.pushed_back: FatAccount | None = None  # a piece read ahead by _accounts, for _storage
         self.emitted: set[bytes] = set()
         self.accounts = 0
         self.piece_count = 0
@@ -352,6 +353,15 @@ class _StateCheck:
             prev = first.address
             code_hash = self._resolve(first, first.code_state, first.code, "code")
             abi_hash = self._resolve(first, first.abi_state, first.abi, "abi")
+            if not first.storage:  # most accounts: no storage and no further piece, no trie to build
+                nxt = next(self.pieces, None)
+                if nxt is None or nxt.address != first.address:
+                    self.piece_count += 1
+                    self.next_piece = nxt
+                    self.accounts += 1
+                    yield first.address, account_rlp(first.nonce, first.balance, BLANK_ROOT, code_hash, abi_hash)
+                    continue
+                self.pushed_back = nxt  # a continuation piece (checked by _storage)
             try:
                 storage_root = build_from_sorted(self._storage(first, code_hash, abi_hash), self.node_sink)
             except ValueError as e:
@@ -373,7 +383,8 @@ class _StateCheck:
                 last_key = key
                 yield key, value
             self.slots += len(piece.storage)
-            nxt = next(self.pieces, None)
+            nxt, self.pushed_back = (self.pushed_back, None) if self.pushed_back is not None else (
+                next(self.pieces, None), None)
             if nxt is None or nxt.address != first.address:
                 self.next_piece = nxt
                 return

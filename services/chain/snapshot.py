@@ -45,7 +45,7 @@ from pycita.snapshot.container import ReadProgress
 from pycita.snapshot.errors import SnapshotError
 from pycita.snapshot.journal import discard_staged, fsync_tree, write_complete_marker
 from pycita.snapshot.verify import verify_chain_file
-from pycita.types import Header, Receipt, SignedTransaction, decode_as
+from pycita.types import Receipt, SignedTransaction, decode_as, decode_header_rlp
 from services.chain import schema
 from services.chain.chain import Chain
 from services.chain.store import ChainReader, ChainStore
@@ -113,7 +113,7 @@ def export_chain(view: ChainReader, genesis: Genesis, path: Path, height: int, *
     def blocks() -> Iterator[BlockSource]:
         for number, header_rlp in view.iter_headers(1, height):
             check()
-            header: Header = decode_as(header_rlp, Header, f"stored header {number}")  # type: ignore[assignment]
+            header = decode_header_rlp(header_rlp, f"stored header {number}")
             if number < full_from:
                 yield header, None, None
             else:

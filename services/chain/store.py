@@ -20,7 +20,7 @@ from typing import Any
 
 from pycita.crypto import Hash32, keccak
 from pycita.storage import LevelDB
-from pycita.types import Header, decode_as
+from pycita.types import Header, decode_header_rlp
 from services.chain import schema
 from services.chain.rawrlp import join_list, split_list
 
@@ -85,7 +85,7 @@ class ChainReader:
 
     def header(self, height: int) -> Header | None:
         raw = self.header_rlp(height)
-        return None if raw is None else decode_as(raw, Header, f"stored header {height}")  # type: ignore[return-value]
+        return None if raw is None else decode_header_rlp(raw, f"stored header {height}")
 
     def body_rlp(self, height: int) -> bytes | None:
         return self._get(schema.body_key(height))

@@ -44,8 +44,8 @@ from pycita.snapshot.state_format import AccountSource, HeaderEntry, write_state
 from pycita.snapshot.verify import verify_executor_file
 from pycita.state import decode_account
 from pycita.storage import KV, LevelDB
-from pycita.trie import BLANK_ROOT, MissingTrieNode, Trie
-from pycita.types import Header, decode_as
+from pycita.trie import BLANK_ROOT, MissingTrieNode, iter_items
+from pycita.types import Header, decode_header_rlp
 from services.executor import schema
 
 log = logging.getLogger(__name__)
@@ -95,16 +95,12 @@ class _Account(NamedTuple):
     abi_hash: bytes
 
 
-class _ScanNodes:
-    """Trie node reader for one export walk: no cache (a walk reads each node once) and, on LevelDB, reads
-    that do not fill the block cache (an export of a large state would otherwise grow the process by the
-    whole cache)."""
-
-    def __init__(self, kv: KV) -> None:
-        self._get = getattr(kv, "get_uncached", kv.get)
-
-    def get(self, node_hash: bytes, /) -> bytes | None:
-        return self._get(schema.NODE_PREFIX + node_hash)  # type: ignore[no-any-return]
+def _node_getter(kv: KV) -> Callable[[bytes], bytes | None]:
+    """Trie node reads for one export walk (keys ``NODE_PREFIX + hash``, see :func:`pycita.trie.iter_items`):
+    no cache (a walk reads each node once) and, on LevelDB, reads that do not fill the block cache (an
+    export of a large state would otherwise grow the process by the whole cache)."""
+    uncached = getattr(kv, "uncached_getter", None)
+    return uncached() if uncached is not None else kv.get  # type: ignore[no-any-return]
 
 
 def export_state(kv: KV, genesis: Genesis, path: Path, height: int, *, check: Check = _no_check,
@@ -118,7 +114,7 @@ def export_state(kv: KV, genesis: Genesis, path: Path, height: int, *, check: Ch
     if height <= 0:
         raise SnapshotError("height 0 is the genesis block, which is not exported", file=name, check="height")
     block_hash, state_root = _height_entry(kv, height, name)
-    nodes = _ScanNodes(kv)
+    get_node = _node_getter(kv)
     counts = {"accounts": 0, "blocks": 0}
 
     def blob(key: bytes, digest: bytes, what: str, addr: bytes) -> bytes:
@@ -131,13 +127,13 @@ def export_state(kv: KV, genesis: Genesis, path: Path, height: int, *, check: Ch
         return data
 
     def accounts() -> Iterator[AccountSource]:
-        for addr, raw in Trie(nodes, state_root).items():
+        for addr, raw in iter_items(get_node, state_root, schema.NODE_PREFIX):
             check()
             nonce, balance, storage_root, code_hash, abi_hash = decode_account(raw)
             code = blob(schema.code_key(code_hash), code_hash, "code", addr)
             abi = blob(schema.abi_key(abi_hash), abi_hash, "abi", addr)
             storage: Iterator[tuple[bytes, bytes]] = (iter(()) if storage_root == BLANK_ROOT
-                                                      else Trie(nodes, storage_root).items())
+                                                      else iter_items(get_node, storage_root, schema.NODE_PREFIX))
             counts["accounts"] += 1
             progress(counts["accounts"], 0, 0, 0)
             yield (addr, _Account(nonce, balance, storage_root, code_hash, abi_hash), code,  # type: ignore[misc]
@@ -150,7 +146,7 @@ def export_state(kv: KV, genesis: Genesis, path: Path, height: int, *, check: Ch
             if raw is None:
                 raise SnapshotError(f"the executor store has no header of block {number}", file=name,
                                     check="headers")
-            header: Header = decode_as(raw, Header, f"stored header {number}")  # type: ignore[assignment]
+            header = decode_header_rlp(raw, f"stored header {number}")
             counts["blocks"] = number
             progress(counts["accounts"], number, 0, 0)
             yield header
