@@ -86,12 +86,26 @@ def proc_rss(pid: int) -> int:
         return 0
 
 
+def proc_rss_anon(pid: int) -> int:
+    """The private (anonymous) part of ``pid``'s RSS: ``RssAnon`` of /proc/<pid>/status, in bytes. The rest of
+    RSS is file-backed: pages of files the process maps (LevelDB maps its table files), shared and
+    reclaimable page cache."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
 class RssSampler:
-    """Peak RSS of some pids, sampled from /proc every ``interval`` seconds in a thread."""
+    """Peak RSS (total and private) of some pids, sampled from /proc every ``interval`` seconds in a thread."""
 
     def __init__(self, pids: dict[str, int], interval: float = 0.02) -> None:
         self.pids = pids
         self.peak = {name: proc_rss(pid) for name, pid in pids.items()}
+        self.peak_anon = {name: proc_rss_anon(pid) for name, pid in pids.items()}
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -100,6 +114,7 @@ class RssSampler:
         while not self._stop.is_set():
             for name, pid in self.pids.items():
                 self.peak[name] = max(self.peak[name], proc_rss(pid))
+                self.peak_anon[name] = max(self.peak_anon[name], proc_rss_anon(pid))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssSampler:
@@ -112,6 +127,9 @@ class RssSampler:
 
     def mib(self) -> dict[str, float]:
         return {k: round(v / 2**20, 1) for k, v in self.peak.items()}
+
+    def anon_mib(self) -> dict[str, float]:
+        return {k: round(v / 2**20, 1) for k, v in self.peak_anon.items()}
 
 
 def run_timed(cmd: list[str] | str, *, cwd: Path | None = None, pids: dict[str, int] | None = None,
@@ -132,6 +150,7 @@ def run_timed(cmd: list[str] | str, *, cwd: Path | None = None, pids: dict[str, 
         raise RuntimeError(f"{cmd} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return {"wall_s": round(wall, 3), "cpu_s": round(child_cpu + sum(svc_cpu.values()), 3),
             "tool_cpu_s": round(child_cpu, 3), "service_cpu_s": svc_cpu, "peak_rss_mib": sampler.mib(),
+            "peak_rss_anon_mib": sampler.anon_mib(),
             "returncode": proc.returncode, "stdout": proc.stdout[-4000:], "stderr": proc.stderr[-4000:]}
 
 
@@ -445,6 +464,12 @@ def table(results: list[dict[str, Any]]) -> str:
             ("peak RSS executor exp/rest MiB",
              lambda r: f"{r['snapshot']['peak_rss_mib'].get('executor')} / "
                        f"{r['restore']['peak_rss_mib'].get('executor')}"),
+            ("peak private RSS chain exp/rest MiB",
+             lambda r: f"{r['snapshot'].get('peak_rss_anon_mib', {}).get('chain')} / "
+                       f"{r['restore'].get('peak_rss_anon_mib', {}).get('chain')}"),
+            ("peak private RSS executor exp/rest MiB",
+             lambda r: f"{r['snapshot'].get('peak_rss_anon_mib', {}).get('executor')} / "
+                       f"{r['restore'].get('peak_rss_anon_mib', {}).get('executor')}"),
             ("blocks/s idle / exporting",
              lambda r: f"{r['rate_without_export']['blocks_per_s']:.2f} / "
                        f"{r['rate_during_export']['blocks_per_s']:.2f}")]
@@ -487,14 +512,17 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     a1.grid(True, which="both", alpha=0.3)
     for op in ("snapshot", "restore"):
         for svc in ("chain", "executor"):
-            a2.plot(xs, [r[op]["peak_rss_mib"].get(svc, 0) for r in results], marker="o",
-                    label=f"{svc} during {'export' if op == 'snapshot' else 'restore'}")
+            what = f"{svc} during {'export' if op == 'snapshot' else 'restore'}"
+            line = a2.plot(xs, [r[op]["peak_rss_mib"].get(svc, 0) for r in results], marker="o",
+                           label=f"{what} (RSS)")[0]
+            a2.plot(xs, [r[op].get("peak_rss_anon_mib", {}).get(svc, 0) for r in results], marker=".",
+                    linestyle="--", color=line.get_color(), label=f"{what} (private)")
     a2.axhline(512, color="red", linestyle=":", label="512 MiB target")
     a2.set_xscale("log")
     a2.set_xlabel("accounts in state")
     a2.set_ylabel("peak RSS (MiB)")
     a2.set_title("peak RSS vs state size")
-    a2.legend(fontsize=8)
+    a2.legend(fontsize=7)
     a2.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

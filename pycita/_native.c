@@ -10,12 +10,13 @@
  *
  *   keccak256(data) -> bytes                      Keccak-256 (Ethereum's, padding 0x01)
  *   rlp_decode(data, max_depth) -> bytes | list   strict canonical RLP, as container.decode_rlp
- *   rlp_encode(obj) -> bytes                      RLP of nested lists of bytes, as container.encode_raw
+ *   rlp_encode(obj) -> bytes                      RLP of nested lists of bytes and ints < 2**64, as rlp.encode
  *   TrieBuilder(emit=True)                        streaming bulk builder, as trie.build_from_sorted
  *       .feed(pairs) -> [(hash, node_rlp), ...]   nodes that became final
  *       .finish() -> (root_hash, [(hash, node_rlp), ...])
  *   parse_fat(items) -> (tuples, bad)              plain valid fat accounts, as state_format.decode_fat_account
  *   account_rlp(nonce, balance, root, code, abi)  the state trie value, as state_format.account_rlp
+ *   decode_account(raw) -> tuple | None           the canonical short form, as state._fast_account
  *   TrieWalker(get, root_hash, prefix=b"")        in-order leaf walk, as trie.Trie.items
  *       .next_batch(n) -> [(key, value), ...]     [] at the end; get(prefix + hash) reads a node
  */
@@ -34,32 +35,28 @@ static const uint64_t KECCAK_RC[24] = {
     0x8000000000008002ULL, 0x8000000000000080ULL, 0x000000000000800aULL, 0x800000008000000aULL,
     0x8000000080008081ULL, 0x8000000000008080ULL, 0x0000000080000001ULL, 0x8000000080008008ULL,
 };
-/* rho rotation amounts and pi lane order, walked along the (x, y) -> (y, 2x + 3y) cycle from lane 1 */
-static const int KECCAK_ROT[24] = {1, 3, 6, 10, 15, 21, 28, 36, 45, 55, 2, 14,
-                                   27, 41, 56, 8, 25, 43, 62, 18, 39, 61, 20, 44};
-static const int KECCAK_PI[24] = {10, 7, 11, 17, 18, 3, 5, 16, 8, 21, 24, 4,
-                                  15, 23, 19, 13, 12, 2, 20, 14, 22, 9, 6, 1};
+/* Lane i = x + 5y. KECCAK_ROT[i]: the rho rotation of lane i; KECCAK_PI[i]: where pi moves lane i,
+ * (x, y) -> (y, 2x + 3y mod 5). */
+static const int KECCAK_ROT[25] = {0, 1, 62, 28, 27, 36, 44, 6, 55, 20, 3, 10, 43,
+                                   25, 39, 41, 45, 15, 21, 8, 18, 2, 61, 56, 14};
+static const int KECCAK_PI[25] = {0, 10, 20, 5, 15, 16, 1, 11, 21, 6, 7, 17, 2,
+                                  12, 22, 23, 8, 18, 3, 13, 14, 24, 9, 19, 4};
 
-#define ROTL64(x, n) (((x) << (n)) | ((x) >> (64 - (n))))
+#define ROTL64(x, n) (((x) << (n)) | ((x) >> ((64 - (n)) & 63)))
 
 static void keccak_f(uint64_t s[25]) {
-    uint64_t c[5], t;
+    uint64_t c[5], d[5], b[25];
     for (int round = 0; round < 24; round++) {
+#pragma GCC unroll 5
         for (int x = 0; x < 5; x++) c[x] = s[x] ^ s[x + 5] ^ s[x + 10] ^ s[x + 15] ^ s[x + 20];
-        for (int x = 0; x < 5; x++) {
-            t = c[(x + 4) % 5] ^ ROTL64(c[(x + 1) % 5], 1);
-            for (int y = 0; y < 25; y += 5) s[y + x] ^= t;
-        }
-        t = s[1];
-        for (int i = 0; i < 24; i++) {
-            int j = KECCAK_PI[i];
-            uint64_t u = s[j];
-            s[j] = ROTL64(t, KECCAK_ROT[i]);
-            t = u;
-        }
-        for (int y = 0; y < 25; y += 5) {
-            for (int x = 0; x < 5; x++) c[x] = s[y + x];
-            for (int x = 0; x < 5; x++) s[y + x] = c[x] ^ ((~c[(x + 1) % 5]) & c[(x + 2) % 5]);
+#pragma GCC unroll 5
+        for (int x = 0; x < 5; x++) d[x] = c[(x + 4) % 5] ^ ROTL64(c[(x + 1) % 5], 1);
+#pragma GCC unroll 25
+        for (int i = 0; i < 25; i++) b[KECCAK_PI[i]] = ROTL64(s[i] ^ d[i % 5], KECCAK_ROT[i]);
+#pragma GCC unroll 25
+        for (int i = 0; i < 25; i++) {
+            int x = i % 5, y = i - x;
+            s[i] = b[i] ^ ((~b[y + (x + 1) % 5]) & b[y + (x + 2) % 5]);
         }
         s[0] ^= KECCAK_RC[round];
     }
@@ -998,6 +995,46 @@ static PyObject *py_parse_fat(PyObject *self, PyObject *items) {
     return Py_BuildValue("(Nn)", out, i < n ? i : (Py_ssize_t)-1);
 }
 
+/* An account RLP in its canonical short form -> (nonce, balance, storage_root, code_hash, abi_hash), or None
+ * for any other shape (as state._fast_account; the caller's decoder then decides). */
+static PyObject *py_decode_account(PyObject *self, PyObject *arg) {
+    if (!PyBytes_Check(arg)) { PyErr_SetString(PyExc_TypeError, "decode_account() takes bytes"); return NULL; }
+    const uint8_t *d = (const uint8_t *)PyBytes_AS_STRING(arg);
+    Py_ssize_t end = PyBytes_GET_SIZE(arg), p, n;
+    if (end == 0) Py_RETURN_NONE;
+    if (d[0] >= 0xC0 && d[0] < 0xF8) { p = 1; n = d[0] - 0xC0; }
+    else if (d[0] == 0xF8 && end > 1 && d[1] >= 56) { p = 2; n = d[1]; }
+    else Py_RETURN_NONE;
+    if (p + n != end) Py_RETURN_NONE;
+    Py_ssize_t off[5], len[5];
+    for (int i = 0; i < 5; i++) {
+        if (p >= end) Py_RETURN_NONE;
+        uint8_t b = d[p];
+        if (b < 0x80) { off[i] = p; len[i] = 1; p += 1; }
+        else if (b < 0xB8) {
+            n = b - 0x80;
+            if (p + 1 + n > end || (n == 1 && d[p + 1] < 0x80)) Py_RETURN_NONE;
+            off[i] = p + 1; len[i] = n; p += 1 + n;
+        } else Py_RETURN_NONE;
+    }
+    if (p != end) Py_RETURN_NONE;
+    PyObject *ints[2];
+    for (int i = 0; i < 2; i++) {
+        if (len[i] <= 8) {
+            unsigned long long v = 0;
+            for (Py_ssize_t k = 0; k < len[i]; k++) v = (v << 8) | d[off[i] + k];
+            ints[i] = PyLong_FromUnsignedLongLong(v);
+        } else {
+            PyObject *raw = PyBytes_FromStringAndSize((const char *)d + off[i], len[i]);
+            ints[i] = raw ? PyObject_CallMethod((PyObject *)&PyLong_Type, "from_bytes", "Os", raw, "big") : NULL;
+            Py_XDECREF(raw);
+        }
+        if (ints[i] == NULL) { if (i) Py_DECREF(ints[0]); return NULL; }
+    }
+    return Py_BuildValue("(NNy#y#y#)", ints[0], ints[1], (const char *)d + off[2], len[2], (const char *)d + off[3],
+                         len[3], (const char *)d + off[4], len[4]);
+}
+
 /* RLP of an account [nonce, balance, storage_root, code_hash, abi_hash] (state_format.account_rlp). */
 static PyObject *py_account_rlp(PyObject *self, PyObject *args) {
     PyObject *nonce, *balance;
@@ -1050,8 +1087,20 @@ done:
 
 static int rlp_encode_into(Buf *b, PyObject *obj, int depth) {
     if (PyBytes_Check(obj)) return buf_put_str(b, (const uint8_t *)PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj));
+    if (PyLong_CheckExact(obj)) {  /* a non-negative integer below 2**64: big-endian, no leading zeros */
+        unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "rlp_encode() takes integers from 0 to 2**64 - 1");
+            return -1;
+        }
+        uint8_t be[8];
+        int nb = 0;
+        for (unsigned long long x = v; x; x >>= 8) nb++;
+        for (int k = 0; k < nb; k++) be[k] = (uint8_t)(v >> (8 * (nb - 1 - k)));
+        return buf_put_str(b, be, nb);
+    }
     if (!PyList_Check(obj) && !PyTuple_Check(obj)) {
-        PyErr_SetString(PyExc_TypeError, "rlp_encode() takes bytes and lists/tuples of them");
+        PyErr_SetString(PyExc_TypeError, "rlp_encode() takes bytes, small integers and lists/tuples of them");
         return -1;
     }
     if (depth > 64) { PyErr_SetString(PyExc_ValueError, "structure nested too deep"); return -1; }
@@ -1077,6 +1126,9 @@ static PyMethodDef native_methods[] = {
     {"parse_fat", py_parse_fat, METH_O,
      "parse_fat(items) -> ([(address, nonce, balance, code_state, code, abi_state, abi, storage)...], bad): the "
      "plain valid fat accounts of a decoded state chunk, up to the first other one (bad = its index, or -1)"},
+    {"decode_account", py_decode_account, METH_O,
+     "decode_account(raw) -> (nonce, balance, storage_root, code_hash, abi_hash) for the canonical short form, "
+     "else None"},
     {"account_rlp", py_account_rlp, METH_VARARGS,
      "account_rlp(nonce, balance, storage_root, code_hash, abi_hash) -> the account's RLP"},
     {"rlp_encode", py_rlp_encode, METH_O, "rlp_encode(obj) -> the RLP of nested lists/tuples of bytes"},

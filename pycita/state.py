@@ -39,6 +39,7 @@ import rlp
 
 from pycita.crypto import EMPTY_KECCAK, Address, Hash32, keccak
 from pycita.errors import PycitaError
+from pycita.native import native as _native
 from pycita.state_schema import NODE_PREFIX, abi_key, code_key
 from pycita.storage import KV
 from pycita.trie import BLANK_ROOT, MissingTrieNode, Trie, build_from_sorted
@@ -122,7 +123,7 @@ def _fast_account(raw: bytes) -> AccountTuple | None:
 
 def decode_account(raw: bytes) -> AccountTuple:
     """Decode an account RLP into a tuple; raises :class:`StateError` on a malformed one."""
-    fast = _fast_account(raw)
+    fast = _native.decode_account(raw) if _native is not None else _fast_account(raw)
     if fast is not None:
         return fast
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -149,6 +150,55 @@ class MemoryKV:
 
     def close(self) -> None:
         pass
+
+
+class BackgroundWriter:
+    """Writes batches into a :class:`LevelDB` from a thread, so that preparing the next batch overlaps the
+    write (plyvel releases the GIL while LevelDB writes and compacts).
+
+    :meth:`submit` queues a batch (blocking while ``depth`` batches wait: memory stays bounded) and raises a
+    failure of an earlier write; :meth:`close` waits for every queued batch, writes a last one with
+    ``sync`` if asked, and raises a failure. Batches are written in submission order. Not thread-safe:
+    one producer.
+    """
+
+    def __init__(self, db: LevelDB, depth: int = 2) -> None:
+        self._db = db
+        self._queue: queue.Queue[dict[bytes, bytes] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"writer-{db.path.name}", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def _run(self) -> None:
+        while True:
+            puts = self._queue.get()
+            if puts is None:
+                return
+            if self._error is None:  # after a failure, drain without writing
+                try:
+                    self._db.write(puts)
+                except BaseException as exc:  # noqa: BLE001 - handed to the producer
+                    self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, puts: dict[bytes, bytes]) -> None:
+        self._raise()
+        if puts:
+            self._queue.put(puts)
+
+    def close(self, last: dict[bytes, bytes] | None = None, sync: bool = False) -> None:
+        """Wait for the queued batches, then write ``last`` (with ``sync``); raise a failure of any write."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
+        if last or sync:
+            self._db.write(last or {}, sync=sync)
 
 
 def swap_directories(live: Path, staged: Path, backup: Path) -> None:

@@ -685,23 +685,28 @@ _FEED: Final[int] = 2048  # pairs per call into the native builder
 
 
 def _build_native(first: tuple[bytes, bytes], rest: Iterator[tuple[bytes, bytes]],
-                  sink: Callable[[bytes, bytes], None]) -> bytes:
+                  sink: Callable[[bytes, bytes], None],
+                  sink_many: Callable[[list[tuple[bytes, bytes]]], None] | None) -> bytes:
     """:func:`build_from_sorted` with :class:`pycita._native.TrieBuilder` (same nodes, root and errors)."""
     assert _native is not None
-    emit = sink is not discard_node
+    emit = sink is not discard_node or sink_many is not None
     builder = _native.TrieBuilder(emit)
+
+    def hand_over(nodes: list[tuple[bytes, bytes]]) -> None:
+        if sink_many is not None:
+            if nodes:
+                sink_many(nodes)
+        elif emit:
+            for node_hash, node in nodes:
+                sink(node_hash, node)
+
     batch = [first]
     batch.extend(islice(rest, _FEED - 1))
     while batch:
-        nodes = builder.feed(batch)
-        if emit:
-            for node_hash, node in nodes:
-                sink(node_hash, node)
+        hand_over(builder.feed(batch))
         batch = list(islice(rest, _FEED))
     root, nodes = builder.finish()
-    if emit:
-        for node_hash, node in nodes:
-            sink(node_hash, node)
+    hand_over(nodes)
     return root  # type: ignore[no-any-return]
 
 
@@ -737,11 +742,14 @@ def iter_items(get: Callable[[bytes], bytes | None], root_hash: bytes, prefix: b
         yield from pairs
 
 
-def build_from_sorted(items: Iterable[tuple[bytes, bytes]], sink: Callable[[bytes, bytes], None]) -> bytes:
+def build_from_sorted(items: Iterable[tuple[bytes, bytes]], sink: Callable[[bytes, bytes], None], *,
+                      sink_many: Callable[[list[tuple[bytes, bytes]]], None] | None = None) -> bytes:
     """Build the trie of ``items`` (strictly ascending keys, non-empty values).
 
     Each hashed node is passed to ``sink(hash, rlp)`` as soon as it is final
     (the root last, stored even when small); memory is O(trie depth).
+    With ``sink_many`` the same nodes go to it in lists instead (one call per
+    batch, in the same order; ``sink`` is then not called).
     Returns the root hash (:data:`BLANK_ROOT` for no items). Raises
     :class:`ValueError` naming the key when keys are not strictly ascending
     or a value is empty.
@@ -751,7 +759,9 @@ def build_from_sorted(items: Iterable[tuple[bytes, bytes]], sink: Callable[[byte
     if first is None:  # no storage: nothing to build (the common case for accounts)
         return BLANK_ROOT
     if _native is not None:
-        return _build_native(first, iterator, sink)
+        return _build_native(first, iterator, sink, sink_many)
+    if sink_many is not None:
+        return _build_python(first, iterator, lambda h, n: sink_many([(h, n)]))
     return _build_python(first, iterator, sink)
 
 

@@ -92,7 +92,7 @@ from pycita.snapshot.errors import (
     SnapshotError,
     StateRootMismatch,
 )
-from pycita.trie import build_from_sorted, discard_node
+from pycita.trie import BLANK_ROOT, build_from_sorted, discard_node
 from pycita.types import Account, Header, Height
 
 __all__ = [
@@ -470,6 +470,14 @@ _HASH_STATE: Final[bytes] = encode_uint(int(BlobState.HASH))
 _INLINE_STATE: Final[bytes] = encode_uint(int(BlobState.INLINE))
 
 
+def _plain_fat(address: bytes, nonce: int, balance: int) -> bytes:
+    """The fat RLP of an account with no code, ABI or storage."""
+    if _native is not None and nonce < 1 << 64 and balance < 1 << 64:
+        return _native.rlp_encode([address, [nonce, balance, 0, b"", 0, b"", []]])
+    return encode_list([encode_bytes(address), encode_list([encode_uint(nonce) + encode_uint(balance),
+                                                            _EMPTY_BLOB + _EMPTY_BLOB, encode_list([])])])
+
+
 class _StateEmitter:
     """Turns account sources into fat RLP pieces; yields (address, account RLP) for the root check."""
 
@@ -510,6 +518,13 @@ class _StateEmitter:
                                  expected=f"> 0x{prev.hex()}", actual=address)
             prev = address
             self.count += 1
+            if (type(storage) is tuple and not storage and not code and not abi
+                    and account.storage_root == BLANK_ROOT and account.code_hash == EMPTY_KECCAK
+                    and account.abi_hash == EMPTY_KECCAK):  # most accounts: no code, ABI or storage
+                self.pieces += 1
+                self.chunker.add(_plain_fat(address, account.nonce, account.balance))
+                yield address, account_rlp(account.nonce, account.balance, BLANK_ROOT, EMPTY_KECCAK, EMPTY_KECCAK)
+                continue
             code_hash, code_first = self._first_blob(code, "code", address, account.code_hash)
             abi_hash, abi_first = self._first_blob(abi, "abi", address, account.abi_hash)
             later = self._later_blob(code, code_hash) + self._later_blob(abi, abi_hash)

@@ -79,7 +79,7 @@ from pycita.snapshot.state_format import (
     account_rlp,
     read_executor_manifest,
 )
-from pycita.trie import BLANK_ROOT, build_from_sorted
+from pycita.trie import BLANK_ROOT, build_from_sorted, discard_node
 from pycita.types import Header, ordered_root
 
 __all__ = [
@@ -96,6 +96,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 NodeSink = Callable[[bytes, bytes], None]
+NodeBatchSink = Callable[[list[tuple[bytes, bytes]]], None]
 """Receives every hashed trie node (state and storage tries) as ``(hash, node RLP)``."""
 BlobSink = Callable[[Hash32, bytes], None]
 """Receives each code/ABI blob once, when emitted inline: ``(keccak(blob), blob)``."""
@@ -125,10 +126,6 @@ class VerifyReport:
     blobs: int
     bytes: int
     elapsed: float
-
-
-def _discard(_hash: bytes, _node: bytes) -> None:
-    return None
 
 
 def _check_identity(name: str, chain_id: int, genesis_hash: bytes, block_hash: bytes, genesis: Genesis,
@@ -308,10 +305,11 @@ class _StateCheck:
     """Rebuilds the state trie from streamed fat accounts, checking order, splits and blob references."""
 
     def __init__(self, name: str, pieces: Iterator[FatAccount], node_sink: NodeSink,
-                 blob_sink: BlobSink | None) -> None:
+                 blob_sink: BlobSink | None, node_batch_sink: NodeBatchSink | None = None) -> None:
         self.name = name
         self.pieces = pieces
         self.node_sink = node_sink
+        self.node_batch_sink = node_batch_sink
         self.blob_sink = blob_sink
         self.next_piece = next(pieces, None)
         self.pushed_back: FatAccount | None = None  # a piece read ahead by _accounts, for _storage
@@ -339,7 +337,7 @@ class _StateCheck:
 
     def root(self) -> bytes:
         try:
-            return build_from_sorted(self._accounts(), self.node_sink)
+            return build_from_sorted(self._accounts(), self.node_sink, sink_many=self.node_batch_sink)
         except ValueError as e:  # order and empty values are checked first; kept as a safety net
             raise OrderError(str(e), file=self.name) from e
 
@@ -363,7 +361,8 @@ class _StateCheck:
                     continue
                 self.pushed_back = nxt  # a continuation piece (checked by _storage)
             try:
-                storage_root = build_from_sorted(self._storage(first, code_hash, abi_hash), self.node_sink)
+                storage_root = build_from_sorted(self._storage(first, code_hash, abi_hash), self.node_sink,
+                                                 sink_many=self.node_batch_sink)
             except ValueError as e:
                 raise OrderError(f"account 0x{first.address.hex()}: {e}", file=self.name,
                                  chunk=first.chunk) from e
@@ -417,6 +416,7 @@ def verify_executor_file(
     blob_sink: BlobSink | None = None,
     header_sink: HeaderSink | None = None,
     progress: ProgressFn | None = None,
+    node_batch_sink: NodeBatchSink | None = None,
 ) -> VerifyReport:
     """Verify an executor file against the local genesis and the chain file's manifest.
 
@@ -425,6 +425,7 @@ def verify_executor_file(
     ``node_sink`` receives every trie node of the rebuilt state, ``blob_sink``
     every code/ABI blob, ``header_sink`` every header, as they are checked
     (one pass; a later failure still raises, so stage, don't commit).
+    ``node_batch_sink``, when given, receives the nodes in lists instead of ``node_sink`` (fewer calls).
     Raises :class:`SnapshotError`.
     """
     start = time.monotonic()
@@ -438,7 +439,7 @@ def verify_executor_file(
         chain_manifest = read_chain_manifest(chain_path)
         _cross_check(chain_manifest, chain_name, m, name)
         _check_proof(chain_name, chain_manifest, genesis, genesis_hash)
-        state = _StateCheck(name, reader.accounts(progress), node_sink or _discard, blob_sink)
+        state = _StateCheck(name, reader.accounts(progress), node_sink or discard_node, blob_sink, node_batch_sink)
         root = state.root()
         if root != m.state_root:
             raise StateRootMismatch("the rebuilt state trie's root differs from the manifest's state_root",

@@ -26,7 +26,7 @@ closed, fsynced and marked complete. Any failure removes it and raises
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -43,7 +43,7 @@ from pycita.snapshot.journal import discard_staged, fsync_tree, write_complete_m
 from pycita.snapshot.state_format import AccountSource, HeaderEntry, write_state_file
 from pycita.snapshot.verify import verify_executor_file
 from pycita.state import decode_account
-from pycita.storage import KV, LevelDB
+from pycita.storage import KV, BackgroundWriter, LevelDB
 from pycita.trie import BLANK_ROOT, MissingTrieNode, iter_items
 from pycita.types import Header, decode_header_rlp
 from services.executor import schema
@@ -127,17 +127,22 @@ def export_state(kv: KV, genesis: Genesis, path: Path, height: int, *, check: Ch
         return data
 
     def accounts() -> Iterator[AccountSource]:
+        count = 0
         for addr, raw in iter_items(get_node, state_root, schema.NODE_PREFIX):
-            check()
+            if not count & 255:  # the abort check and progress every 256 accounts
+                check()
+                progress(count, 0, 0, 0)
+            count += 1
             nonce, balance, storage_root, code_hash, abi_hash = decode_account(raw)
-            code = blob(schema.code_key(code_hash), code_hash, "code", addr)
-            abi = blob(schema.abi_key(abi_hash), abi_hash, "abi", addr)
-            storage: Iterator[tuple[bytes, bytes]] = (iter(()) if storage_root == BLANK_ROOT
+            code = b"" if code_hash == EMPTY_KECCAK else blob(schema.code_key(code_hash), code_hash, "code", addr)
+            abi = b"" if abi_hash == EMPTY_KECCAK else blob(schema.abi_key(abi_hash), abi_hash, "abi", addr)
+            # an account without storage passes an empty tuple (the writer's fast path), others their walk
+            storage: Iterable[tuple[bytes, bytes]] = (() if storage_root == BLANK_ROOT
                                                       else iter_items(get_node, storage_root, schema.NODE_PREFIX))
-            counts["accounts"] += 1
-            progress(counts["accounts"], 0, 0, 0)
             yield (addr, _Account(nonce, balance, storage_root, code_hash, abi_hash), code,  # type: ignore[misc]
                    abi, storage)
+        counts["accounts"] = count
+        progress(count, 0, 0, 0)
 
     def headers() -> Iterator[Header]:
         for number in range(1, height + 1):
@@ -172,12 +177,14 @@ def export_state(kv: KV, genesis: Genesis, path: Path, height: int, *, check: Ch
 
 
 class _StagedWriter:
-    """The node, blob and header sinks: batched writes into the staged store."""
+    """The node, blob and header sinks: batches written into the staged store by a background thread
+    (:class:`pycita.storage.BackgroundWriter`) while the verifier goes on."""
 
     def __init__(self, db: LevelDB, check: Check, progress: Progress) -> None:
         self.db = db
         self.check = check
         self.progress = progress
+        self.writer = BackgroundWriter(db)
         self.puts: dict[bytes, bytes] = {}
         self.size = 0
         self.nodes = 0
@@ -191,12 +198,37 @@ class _StagedWriter:
         if self.size >= BATCH_BYTES:
             self.flush()
 
-    def flush(self, sync: bool = False) -> None:
+    def flush(self) -> None:
         if self.puts:
             self.check()
-            self.db.write(self.puts, sync=sync)
+            self.writer.submit(self.puts)
             self.puts = {}
             self.size = 0
+
+    def finish(self) -> None:
+        """Write what is left and wait for every batch (synced)."""
+        self.check()
+        puts, self.puts = self.puts, {}
+        self.writer.close(puts, sync=True)
+
+    def abandon(self) -> None:
+        """Stop the writer thread after a failure (its own failure, if any, is dropped: one error is raised)."""
+        try:
+            self.writer.close()
+        except BaseException:  # noqa: BLE001 - the caller is already raising
+            pass
+
+    def node_batch(self, nodes: list[tuple[bytes, bytes]]) -> None:
+        prefix = schema.NODE_PREFIX
+        puts = self.puts
+        size = 0
+        for node_hash, node in nodes:
+            puts[prefix + node_hash] = node
+            size += len(node)
+        self.nodes += len(nodes)
+        self.size += size + 33 * len(nodes)
+        if self.size >= BATCH_BYTES:
+            self.flush()
 
     def node(self, node_hash: bytes, node: bytes) -> None:
         self.nodes += 1
@@ -240,13 +272,18 @@ def restore_state(path: Path, chain_path: Path, genesis: Genesis, staged: Path, 
         db.write({schema.height_key(0): schema.encode_height_entry(genesis_hash, commit.state_root),
                   schema.GENESIS: genesis_hash})
         writer = _StagedWriter(db, check, progress)
-        report = verify_executor_file(path, genesis, chain_path=chain_path, trusted_hash=trusted_hash or None,
-                                      node_sink=writer.node, blob_sink=writer.blob, header_sink=writer.header,
-                                      progress=writer.on_read)
-        check()
-        height = report.height
-        writer.put(schema.TIP, schema.encode_tip(height))
-        writer.flush(sync=True)
+        try:
+            report = verify_executor_file(path, genesis, chain_path=chain_path,
+                                          trusted_hash=trusted_hash or None, node_sink=writer.node,
+                                          node_batch_sink=writer.node_batch, blob_sink=writer.blob,
+                                          header_sink=writer.header, progress=writer.on_read)
+            check()
+            height = report.height
+            writer.put(schema.TIP, schema.encode_tip(height))
+            writer.finish()
+        except BaseException:
+            writer.abandon()
+            raise
         db.close()
         closed = True
         fsync_tree(staged)
