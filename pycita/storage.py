@@ -76,6 +76,12 @@ class LevelDB:
         """:meth:`get_uncached` as one C-level callable (no Python frame per read: bulk walks)."""
         return functools.partial(self._db.get, fill_cache=False)
 
+    def flush_memtable(self) -> None:
+        """Write the in-memory table to a table file now (LevelDB does it before any range compaction; this
+        range holds no key, so nothing else is compacted). A store closed after a bulk load otherwise
+        replays its whole write-ahead log at the next open (about 0.7 s per 32 MiB here)."""
+        self._db.compact_range(start=b"\xff" * 16, stop=b"\xff" * 17)
+
     def put(self, key: bytes, value: bytes) -> None:
         self._db.put(key, value)
 

@@ -372,7 +372,7 @@ class ExecutorFileReader:
 
 PARALLEL_DECODE: bool = os.environ.get("PYCITA_SNAPSHOT_WORKERS", "1") != "0"
 """Whether :meth:`ExecutorFileReader.accounts` may decode in a worker process (``PYCITA_SNAPSHOT_WORKERS=0``: never)."""
-PARALLEL_MIN_BYTES: int = 1 << 20
+PARALLEL_MIN_BYTES: int = 8 << 20
 """State chunks smaller than this in all (compressed) are decoded in the calling process: starting the
 worker (about 0.3 s of interpreter start and imports) costs more than it saves."""
 _BATCH: Final[int] = 2048  # fat accounts per message from the worker

@@ -231,6 +231,7 @@ def restore_chain(path: Path, genesis: Genesis, staged: Path, *, trusted_hash: b
         writer._put(schema.proof_key(height), last_proof)
         writer._put(schema.TIP, schema.encode_tip(height, report.block_hash))
         writer.flush(sync=True)
+        store.db.flush_memtable()  # the service opens the store right after the swap: no log to replay then
         store.close()
         closed = True
         fsync_tree(staged)

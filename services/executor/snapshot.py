@@ -281,6 +281,7 @@ def restore_state(path: Path, chain_path: Path, genesis: Genesis, staged: Path, 
             height = report.height
             writer.put(schema.TIP, schema.encode_tip(height))
             writer.finish()
+            db.flush_memtable()  # the service opens the store right after the swap: no log to replay then
         except BaseException:
             writer.abandon()
             raise
