@@ -364,6 +364,10 @@ def bench_size(accounts: int, blocks: int, args: argparse.Namespace, work: Path)
         f"untar {res['untar']['wall_s']} s")
 
     tool = str(BIN / "snapshot_tool")
+    # from here on the node changes (new blocks, then a restore): it is no longer the generated one
+    for f in (saved, replay_saved):
+        if f.exists():
+            f.replace(f.with_suffix(".used.json"))
     nodelib.start(nd, timeout=120)
     try:
         h0 = wait_height(nd, gen.height + 1, 120)
@@ -569,9 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generate-only", action="store_true",
                    help="only generate the nodes (kept in --workdir) for a later --reuse run")
     p.add_argument("--reuse", action="store_true",
-                   help="reuse a node left in --workdir by --generate-only/--keep with the same --blocks "
-                        "and --block-interval instead of generating it again (a node that has run since "
-                        "is a few blocks taller)")
+                   help="reuse a node left in --workdir by --generate-only (same accounts, blocks and "
+                        "--block-interval) and its measured replay instead of generating it again; a node a "
+                        "full run has used (started, restored into) is regenerated")
     p.add_argument("--replay-worker", nargs=2, metavar=("NODE_DIR", "DST"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.replay_worker:

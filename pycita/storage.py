@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import queue
+import resource
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -52,6 +53,36 @@ class KV(Protocol):
     def close(self) -> None: ...
 
 
+def _max_open_files() -> int:
+    """LevelDB's table cache size for each store of this process: LevelDB keeps at most ``max_open_files``
+    table files open (default 1000) and re-opens a table (footer, index block) on every miss, so random
+    reads over a store of more table files than that - a snapshot export walking the state trie of a
+    large executor store (about 2,000 files of 2 MiB at 1M accounts) - thrash. Raises the soft
+    ``RLIMIT_NOFILE`` to the hard limit and gives each store a third of it (several stores, sockets)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
+            soft = min(hard, 1 << 20)
+    except (OSError, ValueError):
+        return 1000
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(200, min(soft // 3, 50_000))
+
+
+_MAX_OPEN_FILES: int | None = None
+
+
+def max_open_files() -> int:
+    global _MAX_OPEN_FILES
+    if _MAX_OPEN_FILES is None:
+        _MAX_OPEN_FILES = _max_open_files()
+    return _MAX_OPEN_FILES
+
+
 class LevelDB:
     """A plyvel database; ``write`` applies puts and deletes in one atomic batch."""
 
@@ -60,7 +91,7 @@ class LevelDB:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = plyvel.DB(str(self.path), create_if_missing=create, lru_cache_size=64 << 20,
-                                 write_buffer_size=32 << 20)
+                                 write_buffer_size=32 << 20, max_open_files=max_open_files())
         except plyvel.Error as exc:
             raise StorageError(f"cannot open LevelDB at {self.path}: {exc}") from exc
         self._lock = threading.Lock()
