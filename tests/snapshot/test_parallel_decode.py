@@ -24,6 +24,7 @@ def _children() -> set[int]:
 @pytest.fixture
 def forced(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(state_format, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(state_format, "PARALLEL_DECODE", True)  # off by default
 
 
 def _items(path: Path, parallel: bool) -> list[object]:
