@@ -75,6 +75,13 @@ def _max_open_files() -> int:
 
 _MAX_OPEN_FILES: int | None = None
 
+#: Bits per key of the Bloom filter every table file carries (LevelDB's ``NewBloomFilterPolicy``; 10 bits
+#: give ~1 % false positives). Trie nodes are keyed by their hash, so a point read of a large store would
+#: otherwise search one table per level (an index and a data block each) to find the one that holds it;
+#: with the filters it reads the blocks of that one table. Tables written without filters (a store made
+#: before this option) are still read, without the shortcut, until a compaction rewrites them.
+BLOOM_FILTER_BITS = 10
+
 
 def max_open_files() -> int:
     global _MAX_OPEN_FILES
@@ -91,7 +98,8 @@ class LevelDB:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = plyvel.DB(str(self.path), create_if_missing=create, lru_cache_size=64 << 20,
-                                 write_buffer_size=32 << 20, max_open_files=max_open_files())
+                                 write_buffer_size=32 << 20, max_open_files=max_open_files(),
+                                 bloom_filter_bits=BLOOM_FILTER_BITS)
         except plyvel.Error as exc:
             raise StorageError(f"cannot open LevelDB at {self.path}: {exc}") from exc
         self._lock = threading.Lock()
