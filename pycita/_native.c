@@ -1083,6 +1083,99 @@ done:
     return res;
 }
 
+/* ------------------------------------------------------------------ plain accounts of an export */
+
+static const uint8_t EMPTY_KECCAK[32] = {0xc5, 0xd2, 0x46, 0x01, 0x86, 0xf7, 0x23, 0x3c, 0x92, 0x7e, 0x7d,
+                                         0xb2, 0xdc, 0xc7, 0x03, 0xc0, 0xe5, 0x00, 0xb6, 0x53, 0xca, 0x82,
+                                         0x27, 0x3b, 0x7b, 0xfa, 0xd8, 0x04, 0x5d, 0x85, 0xa4, 0x70};
+
+/* The RLP item of a canonical integer at d[p:end] (one byte 1..0x7f, or a string of 1..32 bytes without a
+ * leading zero, at least 0x80 when one byte; 0x80 for zero): its length, or -1. */
+static Py_ssize_t plain_int_item(const uint8_t *d, Py_ssize_t p, Py_ssize_t end) {
+    if (p >= end) return -1;
+    uint8_t b = d[p];
+    if (b == 0x00) return -1;
+    if (b < 0x80) return 1;
+    Py_ssize_t n = b - 0x80;
+    if (n > 32 || p + 1 + n > end) return -1;
+    if (n >= 1 && d[p + 1] == 0) return -1;
+    if (n == 1 && d[p + 1] < 0x80) return -1;
+    return 1 + n;
+}
+
+/* The fat RLP of pairs[i] = (address, account RLP) when the account is plain and canonical (a 20-byte
+ * address; [nonce, balance, BLANK_ROOT, EMPTY_KECCAK, EMPTY_KECCAK] in the canonical long-list form), else
+ * NULL without an exception; NULL with an exception only for a memory error. */
+static PyObject *plain_fat_of(PyObject *address, PyObject *raw) {
+    if (!PyBytes_CheckExact(address) || PyBytes_GET_SIZE(address) != 20 || !PyBytes_CheckExact(raw)) return NULL;
+    const uint8_t *d = (const uint8_t *)PyBytes_AS_STRING(raw);
+    Py_ssize_t end = PyBytes_GET_SIZE(raw);
+    if (end < 2 || d[0] != 0xF8 || d[1] < 56 || 2 + (Py_ssize_t)d[1] != end) return NULL;
+    Py_ssize_t p = 2;
+    Py_ssize_t nl = plain_int_item(d, p, end);
+    if (nl < 0) return NULL;
+    Py_ssize_t bl = plain_int_item(d, p + nl, end);
+    if (bl < 0) return NULL;
+    Py_ssize_t h = p + nl + bl;
+    if (h + 99 != end) return NULL;
+    const uint8_t *hashes[3] = {BLANK_ROOT, EMPTY_KECCAK, EMPTY_KECCAK};
+    for (int i = 0; i < 3; i++) {
+        if (d[h + 33 * i] != 0xA0 || memcmp(d + h + 33 * i + 1, hashes[i], 32) != 0) return NULL;
+    }
+    /* [address, [nonce, balance, 0, b"", 0, b"", []]]: body payload <= 66 + 5 + 1 = 72 bytes */
+    uint8_t out[2 + 21 + 2 + 72];
+    Py_ssize_t body = nl + bl + 5;
+    Py_ssize_t k = 0, bh = body < 56 ? 1 : 2, total = 21 + bh + body;
+    if (total < 56) out[k++] = (uint8_t)(0xC0 + total);
+    else { out[k++] = 0xF8; out[k++] = (uint8_t)total; }
+    out[k++] = 0x94;
+    memcpy(out + k, PyBytes_AS_STRING(address), 20);
+    k += 20;
+    if (body < 56) out[k++] = (uint8_t)(0xC0 + body);
+    else { out[k++] = 0xF8; out[k++] = (uint8_t)body; }
+    memcpy(out + k, d + p, (size_t)(nl + bl));
+    k += nl + bl;
+    memcpy(out + k, "\x80\x80\x80\x80\xC0", 5);
+    k += 5;
+    return PyBytes_FromStringAndSize((const char *)out, k);
+}
+
+static PyObject *py_plain_fats(PyObject *self, PyObject *args) {
+    PyObject *pairs, *prev;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "O!nO:plain_fats", &PyList_Type, &pairs, &start, &prev)) return NULL;
+    if (prev != Py_None && !PyBytes_Check(prev)) {
+        PyErr_SetString(PyExc_TypeError, "plain_fats() prev must be bytes or None");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(pairs), i;
+    if (start < 0) start = 0;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    PyObject *last = prev;
+    for (i = start; i < n; i++) {
+        PyObject *pair = PyList_GET_ITEM(pairs, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) break;
+        PyObject *address = PyTuple_GET_ITEM(pair, 0);
+        if (!PyBytes_CheckExact(address)) break;
+        if (last != Py_None) {
+            Py_ssize_t la = PyBytes_GET_SIZE(last), lb = PyBytes_GET_SIZE(address);
+            int c = memcmp(PyBytes_AS_STRING(address), PyBytes_AS_STRING(last), (size_t)(la < lb ? la : lb));
+            if (c < 0 || (c == 0 && lb <= la)) break;
+        }
+        PyObject *fat = plain_fat_of(address, PyTuple_GET_ITEM(pair, 1));
+        if (fat == NULL) {
+            if (PyErr_Occurred()) { Py_DECREF(out); return NULL; }
+            break;
+        }
+        int rc = PyList_Append(out, fat);
+        Py_DECREF(fat);
+        if (rc < 0) { Py_DECREF(out); return NULL; }
+        last = address;
+    }
+    return Py_BuildValue("(Nn)", out, i);
+}
+
 /* ------------------------------------------------------------------ RLP encoding */
 
 static int rlp_encode_into(Buf *b, PyObject *obj, int depth) {
@@ -1131,6 +1224,9 @@ static PyMethodDef native_methods[] = {
      "else None"},
     {"account_rlp", py_account_rlp, METH_VARARGS,
      "account_rlp(nonce, balance, storage_root, code_hash, abi_hash) -> the account's RLP"},
+    {"plain_fats", py_plain_fats, METH_VARARGS,
+     "plain_fats(pairs, start, prev) -> (fats, stop): the fat RLPs of pairs[start:stop], the (address, account "
+     "RLP) pairs from start that are plain (no code, ABI or storage), canonical and ascending after prev"},
     {"rlp_encode", py_rlp_encode, METH_O, "rlp_encode(obj) -> the RLP of nested lists/tuples of bytes"},
     {"rlp_decode", py_rlp_decode, METH_VARARGS,
      "rlp_decode(data, max_depth) -> bytes | list; ValueError for anything but one canonical RLP item"},

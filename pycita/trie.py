@@ -83,6 +83,7 @@ __all__ = [
     "Trie",
     "build_from_sorted",
     "discard_node",
+    "iter_item_batches",
     "iter_items",
 ]
 
@@ -718,6 +719,14 @@ def iter_items(get: Callable[[bytes], bytes | None], root_hash: bytes, prefix: b
     can be a plain bound method, no wrapper per node). Raises :class:`MissingTrieNode` and
     :class:`DecodeError` as :meth:`Trie.items` does.
     """
+    for pairs in iter_item_batches(get, root_hash, prefix, batch):
+        yield from pairs
+
+
+def iter_item_batches(get: Callable[[bytes], bytes | None], root_hash: bytes, prefix: bytes = b"",
+                      batch: int = 1024) -> Iterator[list[tuple[bytes, bytes]]]:
+    """:func:`iter_items` in lists of up to ``batch`` pairs (non-empty; ``(key, value)`` tuples), for a
+    consumer that handles a batch at a time."""
     if len(root_hash) != 32:
         raise ValueError(f"root hash must be 32 bytes, got {len(root_hash)}")
     if root_hash == BLANK_ROOT:
@@ -727,8 +736,12 @@ def iter_items(get: Callable[[bytes], bytes | None], root_hash: bytes, prefix: b
             def get(self, node_hash: bytes, /) -> bytes | None:
                 return get(prefix + node_hash)
 
-        yield from Trie(_Prefixed(), root_hash).items()
-        return
+        items = Trie(_Prefixed(), root_hash).items()
+        while True:
+            pairs = list(islice(items, batch))
+            if not pairs:
+                return
+            yield pairs
     walker = _native.TrieWalker(get, root_hash, prefix)
     while True:
         try:
@@ -739,7 +752,7 @@ def iter_items(get: Callable[[bytes], bytes | None], root_hash: bytes, prefix: b
             raise DecodeError("trie walk", str(exc)) from None
         if not pairs:
             return
-        yield from pairs
+        yield pairs
 
 
 def build_from_sorted(items: Iterable[tuple[bytes, bytes]], sink: Callable[[bytes, bytes], None], *,

@@ -77,8 +77,10 @@ from pycita.snapshot.container import (
     ChunkWriter,
     ProgressFn,
     ReadProgress,
+    RLPError,
     decode_bytes,
     decode_list,
+    decode_rlp_python,
     decode_uint,
     encode_bytes,
     encode_list,
@@ -104,8 +106,10 @@ __all__ = [
     "ExecutorManifest",
     "FatAccount",
     "HeaderEntry",
+    "PlainRun",
     "account_rlp",
     "decode_fat_chunk",
+    "plain_run",
     "read_executor_manifest",
     "write_state_file",
 ]
@@ -119,8 +123,74 @@ EXECUTOR_INFORMATIONAL_FIELDS: Final[dict[int, str]] = {9: "created_at"}
 
 _PIECE_SLACK: Final[int] = 16  # room for the chunk's own list header
 
+
+
+class PlainRun(NamedTuple):
+    """Consecutive accounts with no code, ABI or storage, as an export reads them from the state trie.
+
+    Made only by :func:`plain_run`, which guarantees: every address is 20 bytes and they ascend strictly
+    (from above the ``prev`` it was given); every value is the canonical account RLP
+    ``[nonce, balance, BLANK_ROOT, EMPTY_KECCAK, EMPTY_KECCAK]`` and ``fats[i]`` is the fat RLP of
+    ``pairs[i]``. :func:`write_state_file` takes it in place of that many :data:`AccountSource` tuples: the
+    fat RLPs go to the chunks and the pairs, unchanged, to the state root check.
+    """
+
+    pairs: list[tuple[bytes, bytes]]
+    fats: list[bytes]
+
+
 AccountSource = tuple[Address, Account, bytes, bytes, Iterable[tuple[bytes, bytes]]]
 """What :func:`write_state_file` takes per account: address, Account, code, abi, storage pairs (ascending)."""
+
+_BLANK_HASHES: Final[tuple[bytes, bytes, bytes]] = (BLANK_ROOT, EMPTY_KECCAK, EMPTY_KECCAK)
+
+
+def plain_fats_python(pairs: list[tuple[bytes, bytes]], start: int, prev: bytes | None) -> tuple[list[bytes], int]:
+    """The pure-Python ``_native.plain_fats`` (its reference): the fat RLPs of ``pairs[start:stop]``, where
+    ``stop`` is the first pair from ``start`` that is not a plain account (see :class:`PlainRun`) in
+    canonical form with a 20-byte address above the previous one (``prev`` before ``start``)."""
+    fats: list[bytes] = []
+    last = prev
+    first = i = max(start, 0)
+    for i in range(first, len(pairs)):
+        pair = pairs[i]
+        if type(pair) is not tuple or len(pair) != 2:
+            break
+        address, raw = pair
+        if type(address) is not bytes or type(raw) is not bytes or len(address) != 20:
+            break
+        if last is not None and address <= last:
+            break
+        try:
+            items = decode_rlp_python(raw, 1)
+        except RLPError:
+            break
+        if type(items) is not list or len(items) != 5 or not all(type(x) is bytes for x in items):
+            break
+        nonce, balance = items[0], items[1]
+        if len(nonce) > 32 or len(balance) > 32 or nonce[:1] == b"\0" or balance[:1] == b"\0":
+            break
+        if tuple(items[2:]) != _BLANK_HASHES:
+            break
+        fats.append(encode_list([encode_bytes(address), encode_list([encode_bytes(nonce) + encode_bytes(balance),
+                                                                     _EMPTY_BLOB + _EMPTY_BLOB, encode_list([])])]))
+        last = address
+    else:
+        i = max(i, len(pairs))
+    return fats, i
+
+
+def plain_run(pairs: list[tuple[bytes, bytes]], start: int, prev: bytes | None) -> tuple[PlainRun | None, int]:
+    """The plain accounts of ``pairs`` (address, account RLP) from ``start``: ``(run, stop)``, ``run`` None
+    when ``pairs[start]`` is not one (see :func:`plain_fats_python`; in C when :mod:`pycita.native` is loaded).
+    """
+    if _native is not None:
+        fats, stop = _native.plain_fats(pairs, start, prev)
+    else:
+        fats, stop = plain_fats_python(pairs, start, prev)
+    if not fats:
+        return None, start
+    return PlainRun(pairs[start:stop], fats), stop
 
 
 class BlobState(IntEnum):
@@ -510,9 +580,21 @@ class _StateEmitter:
             return _EMPTY_BLOB
         return _HASH_STATE + encode_bytes(digest)
 
-    def run(self, accounts: Iterable[AccountSource]) -> Iterator[tuple[bytes, bytes]]:
+    def run(self, accounts: Iterable[AccountSource | PlainRun]) -> Iterator[tuple[bytes, bytes]]:
         prev: bytes | None = None
-        for address, account, code, abi, storage in accounts:
+        for source in accounts:
+            if type(source) is PlainRun:  # checked by plain_run, in order from its first address on
+                run_pairs, fats = source
+                if prev is not None and run_pairs[0][0] <= prev:
+                    raise OrderError("accounts must be strictly ascending by address", file=self.name,
+                                     expected=f"> 0x{prev.hex()}", actual=run_pairs[0][0])
+                prev = run_pairs[-1][0]
+                self.count += len(fats)
+                self.pieces += len(fats)
+                self.chunker.add_many(fats)
+                yield from run_pairs
+                continue
+            address, account, code, abi, storage = source  # type: ignore[misc]
             if len(address) != 20:
                 raise SnapshotError(f"address 0x{address.hex()} is not 20 bytes", file=self.name, check="write")
             if prev is not None and address <= prev:
@@ -584,7 +666,7 @@ class _StateEmitter:
 
 def write_state_file(
     path: str | os.PathLike[str],
-    accounts: Iterable[AccountSource],
+    accounts: Iterable[AccountSource | PlainRun],
     headers: Iterable[Header],
     *,
     genesis: Genesis,
@@ -596,7 +678,7 @@ def write_state_file(
     """Write the executor file: the state at H, then headers 1..H (both streamed).
 
     ``accounts`` yields ``(address, account, code, abi, storage_pairs)``
-    ascending by address, where ``storage_pairs`` iterates the account's
+    (or a :class:`PlainRun` of several plain accounts) ascending by address, where ``storage_pairs`` iterates the account's
     storage ascending by key and ``account.code_hash``/``abi_hash`` are
     keccak of ``code``/``abi``. ``headers`` yields headers 1..H chaining from
     ``genesis``; H and the state root come from the last one. With

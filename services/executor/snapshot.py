@@ -40,11 +40,11 @@ from pycita.genesis import Genesis
 from pycita.snapshot.container import ReadProgress
 from pycita.snapshot.errors import SnapshotError
 from pycita.snapshot.journal import discard_staged, fsync_tree, write_complete_marker
-from pycita.snapshot.state_format import AccountSource, HeaderEntry, write_state_file
+from pycita.snapshot.state_format import AccountSource, HeaderEntry, PlainRun, plain_run, write_state_file
 from pycita.snapshot.verify import verify_executor_file
 from pycita.state import decode_account
 from pycita.storage import KV, BackgroundWriter, LevelDB
-from pycita.trie import BLANK_ROOT, MissingTrieNode, iter_items
+from pycita.trie import BLANK_ROOT, MissingTrieNode, iter_item_batches, iter_items
 from pycita.types import Header, decode_header_rlp
 from services.executor import schema
 
@@ -126,21 +126,36 @@ def export_state(kv: KV, genesis: Genesis, path: Path, height: int, *, check: Ch
                                 file=name, check="state store")
         return data
 
-    def accounts() -> Iterator[AccountSource]:
+    def account(addr: bytes, raw: bytes) -> AccountSource:
+        nonce, balance, storage_root, code_hash, abi_hash = decode_account(raw)
+        code = b"" if code_hash == EMPTY_KECCAK else blob(schema.code_key(code_hash), code_hash, "code", addr)
+        abi = b"" if abi_hash == EMPTY_KECCAK else blob(schema.abi_key(abi_hash), abi_hash, "abi", addr)
+        # an account without storage passes an empty tuple (the writer's fast path), others their walk
+        storage: Iterable[tuple[bytes, bytes]] = (() if storage_root == BLANK_ROOT
+                                                  else iter_items(get_node, storage_root, schema.NODE_PREFIX))
+        return (addr, _Account(nonce, balance, storage_root, code_hash, abi_hash), code,  # type: ignore[return-value]
+                abi, storage)
+
+    def accounts() -> Iterator[AccountSource | PlainRun]:
+        # a batch of the walk at a time (the abort check and progress once a batch): runs of plain accounts
+        # go to the writer as they are read (see PlainRun), each other account as an AccountSource
         count = 0
-        for addr, raw in iter_items(get_node, state_root, schema.NODE_PREFIX):
-            if not count & 255:  # the abort check and progress every 256 accounts
-                check()
-                progress(count, 0, 0, 0)
-            count += 1
-            nonce, balance, storage_root, code_hash, abi_hash = decode_account(raw)
-            code = b"" if code_hash == EMPTY_KECCAK else blob(schema.code_key(code_hash), code_hash, "code", addr)
-            abi = b"" if abi_hash == EMPTY_KECCAK else blob(schema.abi_key(abi_hash), abi_hash, "abi", addr)
-            # an account without storage passes an empty tuple (the writer's fast path), others their walk
-            storage: Iterable[tuple[bytes, bytes]] = (() if storage_root == BLANK_ROOT
-                                                      else iter_items(get_node, storage_root, schema.NODE_PREFIX))
-            yield (addr, _Account(nonce, balance, storage_root, code_hash, abi_hash), code,  # type: ignore[misc]
-                   abi, storage)
+        prev: bytes | None = None
+        for pairs in iter_item_batches(get_node, state_root, schema.NODE_PREFIX, 1024):
+            check()
+            progress(count, 0, 0, 0)
+            i, n = 0, len(pairs)
+            while i < n:
+                run, i = plain_run(pairs, i, prev)
+                if run is not None:
+                    yield run
+                    prev = pairs[i - 1][0]
+                if i < n:
+                    addr, raw = pairs[i]
+                    yield account(addr, raw)
+                    prev = addr
+                    i += 1
+            count += n
         counts["accounts"] = count
         progress(count, 0, 0, 0)
 

@@ -31,6 +31,7 @@ from pycita.snapshot.state_format import (
     account_rlp_python,
     decode_fat_chunk,
     decode_fat_chunk_python,
+    plain_fats_python,
 )
 from pycita.trie import BLANK_ROOT, MissingTrieNode, Trie, _build_python, build_from_sorted, iter_items
 
@@ -898,3 +899,90 @@ def test_each_kind_of_bad_fat_account_gets_the_python_error_after_the_same_accou
 def test_native_parse_fat_refuses_what_is_not_a_list() -> None:
     with pytest.raises(TypeError):
         _native.parse_fat((b"",))
+
+
+# --------------------------------------------------------------------------- plain accounts of an export
+
+_EMPTY = pycita.crypto.EMPTY_KECCAK
+
+
+def _plain_raw(nonce: int, balance: int) -> bytes:
+    return rlp.encode([nonce, balance, BLANK_ROOT, _EMPTY, _EMPTY])
+
+
+_RAW_FAULTS: dict[str, Callable[[bytes], object]] = {
+    "storage root": lambda r: rlp.encode(rlp.decode(r)[:2] + [b"\x11" * 32, _EMPTY, _EMPTY]),
+    "code hash": lambda r: rlp.encode(rlp.decode(r)[:2] + [BLANK_ROOT, b"\x22" * 32, _EMPTY]),
+    "abi hash": lambda r: rlp.encode(rlp.decode(r)[:2] + [BLANK_ROOT, _EMPTY, b"\x33" * 32]),
+    "leading zero nonce": lambda r: rlp.encode([b"\x00\x05"] + rlp.decode(r)[1:]),
+    "zero byte balance": lambda r: rlp.encode([rlp.decode(r)[0], b"\x00"] + rlp.decode(r)[2:]),
+    "single byte as a string": lambda r: b"\xf8\x66\x01\x81\x05" + r[-99:],
+    "33-byte nonce": lambda r: rlp.encode([b"\x01" * 33] + rlp.decode(r)[1:]),
+    "four items": lambda r: rlp.encode(rlp.decode(r)[:4]),
+    "six items": lambda r: rlp.encode(rlp.decode(r) + [b""]),
+    "trailing byte": lambda r: r + b"\x00",
+    "truncated": lambda r: r[:-1],
+    "long header for a short list": lambda r: b"\xf9\x00" + r[1:],
+    "not bytes": lambda r: bytearray(r),
+    "empty": lambda r: b"",
+}
+_PAIR_FAULTS: dict[str, Callable[[tuple[bytes, bytes]], object]] = {
+    "short address": lambda p: (p[0][:19], p[1]),
+    "long address": lambda p: (p[0] + b"\x00", p[1]),
+    "address not bytes": lambda p: (bytearray(p[0]), p[1]),
+    "list pair": lambda p: [p[0], p[1]],
+    "three-tuple": lambda p: (p[0], p[1], b""),
+    "not a pair": lambda p: None,
+}
+
+
+@st.composite
+def plain_pair_lists(draw: st.DrawFn) -> tuple[list[Any], int, bytes | None]:
+    addresses = sorted(draw(st.sets(st.binary(min_size=20, max_size=20), min_size=0, max_size=12)))
+    pairs: list[Any] = [(a, _plain_raw(draw(uint256), draw(uint256))) for a in addresses]
+    for i in draw(st.sets(st.integers(0, max(len(pairs) - 1, 0)), max_size=2)) if pairs else ():
+        if draw(st.booleans()):
+            fault = draw(st.sampled_from(sorted(_RAW_FAULTS)))
+            pairs[i] = (pairs[i][0], _RAW_FAULTS[fault](pairs[i][1]))
+        else:
+            pairs[i] = _PAIR_FAULTS[draw(st.sampled_from(sorted(_PAIR_FAULTS)))](pairs[i])
+    if len(pairs) > 1 and draw(st.booleans()):  # out of order: a repeated or lower address
+        i = draw(st.integers(1, len(pairs) - 1))
+        if isinstance(pairs[i - 1], tuple) and len(pairs[i - 1]) == 2 and isinstance(pairs[i], tuple):
+            pairs[i] = (pairs[i - 1][0],) + tuple(pairs[i][1:])
+    start = draw(st.integers(0, len(pairs) + 1))
+    prev = draw(st.one_of(st.none(), st.binary(max_size=21), st.sampled_from(addresses or [b""])))
+    return pairs, start, prev
+
+
+@SETTINGS
+@given(plain_pair_lists())
+def test_native_plain_fats_takes_the_same_accounts_and_gives_the_python_fat_rlps(
+    case: tuple[list[Any], int, bytes | None],
+) -> None:
+    pairs, start, prev = case
+    expected = plain_fats_python(pairs, start, prev)
+    assert _native.plain_fats(pairs, start, prev) == expected
+    fats, stop = expected
+    assert stop >= start and len(fats) == max(stop - start, 0)
+    for (address, raw), fat in zip(pairs[start:stop], fats, strict=True):  # each is the writer's fat RLP of that account
+        nonce, balance = (int.from_bytes(x, "big") for x in rlp.decode(raw)[:2])
+        assert fat == rlp.encode([address, [nonce, balance, 0, b"", 0, b"", []]])
+        assert raw == account_rlp_python(nonce, balance, BLANK_ROOT, _EMPTY, _EMPTY)
+
+
+@pytest.mark.parametrize("fault", sorted(_RAW_FAULTS))
+def test_each_kind_of_account_that_is_not_plain_and_canonical_ends_the_run_in_both(fault: str) -> None:
+    good = [(bytes([i]) * 20, _plain_raw(i, 10**i)) for i in range(1, 5)]
+    pairs: list[Any] = list(good)
+    pairs[2] = (pairs[2][0], _RAW_FAULTS[fault](pairs[2][1]))
+    assert plain_fats_python(pairs, 0, None)[1] == 2
+    assert _native.plain_fats(pairs, 0, None) == plain_fats_python(pairs, 0, None)
+    assert _native.plain_fats(pairs, 3, pairs[2][0]) == plain_fats_python(pairs, 3, pairs[2][0])
+
+
+def test_native_plain_fats_refuses_arguments_of_the_wrong_type() -> None:
+    with pytest.raises(TypeError):
+        _native.plain_fats((), 0, None)
+    with pytest.raises(TypeError):
+        _native.plain_fats([], 0, "prev")

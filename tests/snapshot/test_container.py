@@ -94,6 +94,48 @@ def test_chunker_cuts_at_limit_and_isolates_oversize_entries(tmp_path: Path) -> 
     assert seen == sizes
 
 
+class _ChunkRecorder:
+    """A ChunkWriter stand-in that keeps the entry lists of the chunks it is given."""
+
+    def __init__(self) -> None:
+        self.chunks: list[list[bytes]] = []
+
+    def add_chunk(self, items: list[bytes]) -> object:
+        self.chunks.append(list(items))
+        return len(self.chunks)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    limit=st.integers(20, 400),
+    before=st.lists(st.integers(1, 120), max_size=5),
+    batches=st.lists(st.lists(st.integers(1, 500), max_size=30), max_size=5),
+)
+def test_chunker_add_many_cuts_the_same_chunks_as_adding_one_entry_at_a_time(
+    limit: int, before: list[int], batches: list[list[int]]
+) -> None:
+    def entry(i: int, n: int) -> bytes:
+        return bytes([i % 256]) * n
+
+    one, many = _ChunkRecorder(), _ChunkRecorder()
+    a, b = Chunker(one, limit=limit), Chunker(many, limit=limit)  # type: ignore[arg-type]
+    k = 0
+    for n in before:
+        a.add(entry(k, n))
+        b.add(entry(k, n))
+        k += 1
+    for sizes in batches:
+        entries = [entry(k + j, n) for j, n in enumerate(sizes)]
+        k += len(sizes)
+        for e in entries:
+            a.add(e)
+        b.add_many(entries)
+        assert a.pending_entries == b.pending_entries
+    a.flush()
+    b.flush()
+    assert many.chunks == one.chunks
+
+
 def test_partial_file_removed_on_error(tmp_path: Path) -> None:
     path = tmp_path / "c.rlp"
     with pytest.raises(RuntimeError), ChunkWriter(path, fsync=False) as w:

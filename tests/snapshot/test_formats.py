@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,12 @@ from pycita.snapshot.errors import HeaderChainBroken, OrderError, SnapshotError,
 from pycita.snapshot.state_format import (
     BlobState,
     ExecutorFileReader,
+    PlainRun,
+    plain_run,
     read_executor_manifest,
     write_state_file,
 )
+from pycita.trie import BLANK_ROOT
 from pycita.types import Account, Header, Receipt, SignedTransaction
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -194,6 +198,89 @@ def test_state_writer_refuses_bad_input(tmp_path: Path) -> None:
         write_state_file(path, iter([(a, acc, code, abi, iter([(b"k2", b"v"), (b"k1", b"v")]))]),
                          iter(c.headers), genesis=c.genesis, fsync=False, check_roots=False)
     assert not path.exists() and not Path(str(path) + ".partial").exists()
+
+
+def runs_and_sources(specs: list[AccountSpec], run_size: int) -> Iterator[Any]:
+    """The accounts of ``specs`` as an export gives them: the plain ones in PlainRuns of up to
+    ``run_size`` (from their (address, account RLP) trie pairs), the others as AccountSources."""
+    pending: list[tuple[bytes, bytes]] = []
+    prev: bytes | None = None
+
+    def flush() -> Iterator[PlainRun]:
+        nonlocal prev
+        i = 0
+        while i < len(pending):
+            run, stop = plain_run(pending[: i + run_size], i, prev)
+            assert run is not None and stop > i
+            prev = pending[stop - 1][0]
+            i = stop
+            yield run
+        pending.clear()
+
+    for source in account_sources(specs):
+        address, account, code, abi, _ = source
+        if not code and not abi and account.storage_root == BLANK_ROOT:
+            pending.append((address, rlp.encode(account)))
+            continue
+        yield from flush()
+        prev = address
+        yield source
+    yield from flush()
+
+
+plain_specs_strategy = st.lists(
+    st.builds(AccountSpec, address=st.binary(min_size=20, max_size=20), nonce=st.integers(0, 2**64),
+              balance=st.integers(0, 2**256 - 1)),
+    max_size=40,
+    unique_by=lambda s: s.address,
+)
+
+
+@FAST
+@given(plain=plain_specs_strategy, others=specs_strategy, run_size=st.integers(1, 7),
+       limit=st.sampled_from([300, 2000, CHUNK_PAYLOAD_LIMIT]))
+def test_plain_runs_write_the_same_file_as_one_account_source_each(
+    tmp_path: Path, plain: list[AccountSpec], others: list[AccountSpec], run_size: int, limit: int
+) -> None:
+    seen = {s.address for s in plain}
+    specs = plain + [s for s in others if s.address not in seen]
+    c = build_chain(2, history_blocks=1, specs=specs, txs_per_block=0)
+    one, runs = tmp_path / "one_executor.rlp", tmp_path / "runs_executor.rlp"
+    m1 = write_state_file(one, account_sources(specs), iter(c.headers), genesis=c.genesis, chunk_limit=limit,
+                          created_at=1, fsync=False)
+    m2 = write_state_file(runs, runs_and_sources(specs, run_size), iter(c.headers), genesis=c.genesis,
+                          chunk_limit=limit, created_at=1, fsync=False)
+    assert m2 == m1 and m1.account_count == len(specs)
+    assert runs.read_bytes() == one.read_bytes()
+
+
+def test_a_plain_run_that_does_not_ascend_from_the_previous_account_is_refused(tmp_path: Path) -> None:
+    specs = [AccountSpec(bytes([i]) * 20, i, 10 * i) for i in range(1, 5)]
+    c = build_chain(2, history_blocks=1, specs=specs, txs_per_block=0)
+    pairs = [(s.address, rlp.encode(s.account())) for s in specs]
+    run_low, _ = plain_run(pairs[:2], 0, None)
+    run_high, _ = plain_run(pairs[2:], 0, None)
+    assert run_low is not None and run_high is not None
+    path = tmp_path / "x_executor.rlp"
+    with pytest.raises(OrderError, match="ascending"):
+        write_state_file(path, iter([run_high, run_low]), iter(c.headers), genesis=c.genesis, fsync=False)
+    with pytest.raises(OrderError, match="ascending"):
+        write_state_file(path, iter([next(account_sources(specs[1:])), run_low]), iter(c.headers),
+                         genesis=c.genesis, fsync=False)
+    with pytest.raises(StateRootMismatch):  # a run that leaves accounts out is not header H's state
+        write_state_file(path, iter([run_high]), iter(c.headers), genesis=c.genesis, fsync=False)
+    assert not path.exists()
+
+
+def test_plain_run_stops_at_the_first_account_with_code_abi_or_storage() -> None:
+    specs = [AccountSpec(bytes([i]) * 20, i, 1) for i in range(1, 4)]
+    specs.insert(1, AccountSpec(b"\x01\x05" + bytes(18), 0, 0, code=b"code"))
+    pairs = [(s.address, rlp.encode(s.account())) for s in specs]
+    run, stop = plain_run(pairs, 0, None)
+    assert run is not None and stop == 1 and run.pairs == pairs[:1]
+    assert plain_run(pairs, 1, pairs[0][0]) == (None, 1)
+    run, stop = plain_run(pairs, 2, pairs[1][0])
+    assert run is not None and stop == 4 and run.pairs == pairs[2:]
 
 
 # --------------------------------------------------------------------------- independent reader
