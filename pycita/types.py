@@ -173,37 +173,34 @@ class Block(rlp.Serializable):  # type: ignore[misc]
         return self.header.hash  # type: ignore[no-any-return]
 
 
-_INT: Final = -1
-_ANY: Final = -2
-_HEADER_KINDS: Final[tuple[int, ...]] = (32, 32, 32, 32, 256, _INT, _INT, _INT, _INT, _INT, _ANY, 20)
-"""Per :class:`Header` field: its fixed byte length, ``_INT`` (canonical integer) or ``_ANY`` (any bytes)."""
 _HEADER_ATTRS: Final[tuple[str, ...]] = tuple(Header._meta.field_attrs)
 
 
 def header_from_fields(fields: object, encoded: bytes) -> Header | None:
     """A :class:`Header` from its decoded RLP list ``fields`` and its encoding, built without pyrlp's
     per-field machinery (snapshots handle headers by the hundred thousand); ``None`` unless ``fields`` is the
-    plain valid shape (then ``Header.deserialize`` decides and names the problem). ``rlp.encode`` of the
-    result returns ``encoded`` (pyrlp's cache), so the caller must pass the encoding of ``fields``."""
+    plain valid shape (then ``Header.deserialize`` decides and names the problem): 12 byte strings, the four
+    hashes of 32 bytes, the bloom of 256, the proposer of 20, the five integers canonical (no leading zero
+    byte), the proof any bytes. ``rlp.encode`` of the result returns ``encoded`` (pyrlp's cache), so the caller must
+    pass the encoding of ``fields``."""
     if type(fields) is not list or len(fields) != 12:
         return None
-    values: list[object] = []
-    append = values.append
-    for raw, kind in zip(fields, _HEADER_KINDS, strict=True):
+    for raw in fields:
         if type(raw) is not bytes:
             return None
-        if kind == _INT:
-            if raw and not raw[0]:
-                return None
-            append(int.from_bytes(raw, "big"))
-        elif kind == _ANY or len(raw) == kind:
-            append(raw)
-        else:
-            return None
+    parent, state, txs, receipts, bloom, number, quota_limit, quota_used, timestamp, version, proof, proposer = (
+        fields)
+    if (len(parent) != 32 or len(state) != 32 or len(txs) != 32 or len(receipts) != 32 or len(bloom) != 256
+            or len(proposer) != 20):
+        return None
+    if (number[:1] == b"\0" or quota_limit[:1] == b"\0" or quota_used[:1] == b"\0" or timestamp[:1] == b"\0"
+            or version[:1] == b"\0"):
+        return None
     header = Header.__new__(Header)
-    setattr_ = object.__setattr__
-    for attr, value in zip(_HEADER_ATTRS, values, strict=True):
-        setattr_(header, attr, value)
+    header.__dict__.update(zip(_HEADER_ATTRS, (
+        parent, state, txs, receipts, bloom, int.from_bytes(number, "big"), int.from_bytes(quota_limit, "big"),
+        int.from_bytes(quota_used, "big"), int.from_bytes(timestamp, "big"), int.from_bytes(version, "big"),
+        proof, proposer), strict=True))
     header._cached_rlp = encoded
     return header
 
