@@ -51,7 +51,7 @@ Ethereum does), computed by :func:`ordered_root`.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Final, NewType
+from typing import Any, Final, NewType
 
 import rlp
 from rlp.sedes import Binary, CountableList, big_endian_int, binary
@@ -176,13 +176,12 @@ class Block(rlp.Serializable):  # type: ignore[misc]
 _HEADER_ATTRS: Final[tuple[str, ...]] = tuple(Header._meta.field_attrs)
 
 
-def header_from_fields(fields: object, encoded: bytes) -> Header | None:
-    """A :class:`Header` from its decoded RLP list ``fields`` and its encoding, built without pyrlp's
-    per-field machinery (snapshots handle headers by the hundred thousand); ``None`` unless ``fields`` is the
-    plain valid shape (then ``Header.deserialize`` decides and names the problem): 12 byte strings, the four
-    hashes of 32 bytes, the bloom of 256, the proposer of 20, the five integers canonical (no leading zero
-    byte), the proof any bytes. ``rlp.encode`` of the result returns ``encoded`` (pyrlp's cache), so the caller must
-    pass the encoding of ``fields``."""
+def header_values(fields: object) -> tuple[Any, ...] | None:
+    """The 12 field values of a :class:`Header` (``int`` for the integers) from its decoded RLP list
+    ``fields``, checked without pyrlp's per-field machinery (snapshots handle headers by the hundred
+    thousand); ``None`` unless ``fields`` is the plain valid shape (then ``Header.deserialize`` decides and
+    names the problem): 12 byte strings, the four hashes of 32 bytes, the bloom of 256, the proposer of 20,
+    the five integers canonical (no leading zero byte), the proof any bytes."""
     if type(fields) is not list or len(fields) != 12:
         return None
     for raw in fields:
@@ -196,11 +195,20 @@ def header_from_fields(fields: object, encoded: bytes) -> Header | None:
     if (number[:1] == b"\0" or quota_limit[:1] == b"\0" or quota_used[:1] == b"\0" or timestamp[:1] == b"\0"
             or version[:1] == b"\0"):
         return None
+    return (parent, state, txs, receipts, bloom, int.from_bytes(number, "big"), int.from_bytes(quota_limit, "big"),
+            int.from_bytes(quota_used, "big"), int.from_bytes(timestamp, "big"), int.from_bytes(version, "big"),
+            proof, proposer)
+
+
+def header_from_fields(fields: object, encoded: bytes) -> Header | None:
+    """A :class:`Header` from its decoded RLP list ``fields`` and its encoding (see :func:`header_values`;
+    ``None`` for another shape). ``rlp.encode`` of the result returns ``encoded`` (pyrlp's cache), so the
+    caller must pass the encoding of ``fields``."""
+    values = header_values(fields)
+    if values is None:
+        return None
     header = Header.__new__(Header)
-    header.__dict__.update(zip(_HEADER_ATTRS, (
-        parent, state, txs, receipts, bloom, int.from_bytes(number, "big"), int.from_bytes(quota_limit, "big"),
-        int.from_bytes(quota_used, "big"), int.from_bytes(timestamp, "big"), int.from_bytes(version, "big"),
-        proof, proposer), strict=True))
+    header.__dict__.update(zip(_HEADER_ATTRS, values, strict=True))
     header._cached_rlp = encoded
     return header
 

@@ -418,6 +418,10 @@ class Chunker:
     def pending_entries(self) -> int:
         return self._entries
 
+    def opens_chunk(self, size: int) -> bool:
+        """Whether :meth:`add` of an entry of ``size`` bytes starts a chunk (its ``prefix`` is then used)."""
+        return not self._entries or self._size + size > self.limit
+
     def add(self, entry: bytes, prefix: Sequence[bytes] = ()) -> None:
         if self._entries and self._size + len(entry) > self.limit:
             self.flush()

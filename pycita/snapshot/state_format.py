@@ -66,6 +66,7 @@ from typing import IO, Any, Final, NamedTuple
 import rlp
 
 from pycita.crypto import EMPTY_KECCAK, Address, Hash32, keccak
+from pycita.errors import DecodeError
 from pycita.genesis import Genesis
 from pycita.native import native as _native
 from pycita.snapshot.chain_format import decode_header, parse_chunk_parent
@@ -80,6 +81,7 @@ from pycita.snapshot.container import (
     RLPError,
     decode_bytes,
     decode_list,
+    decode_rlp,
     decode_rlp_python,
     decode_uint,
     encode_bytes,
@@ -95,7 +97,7 @@ from pycita.snapshot.errors import (
     StateRootMismatch,
 )
 from pycita.trie import BLANK_ROOT, build_from_sorted, discard_node
-from pycita.types import Account, Header, Height
+from pycita.types import Account, Header, Height, decode_as, header_values
 
 __all__ = [
     "EXECUTOR_FORMAT_VERSION",
@@ -664,10 +666,26 @@ class _StateEmitter:
         self.chunker.add(encode_list([enc_address, encode_list([nonce_balance, blobs, encode_list(pairs)])]))
 
 
+def _header_link(raw: bytes, number: int, file: str) -> tuple[int, bytes, bytes]:
+    """``(number, parent_hash, state_root)`` of a header given as its RLP (expected to be header
+    ``number``); :class:`SnapshotError` when it is not one."""
+    try:
+        values = header_values(decode_rlp(raw, 2))
+    except RLPError:
+        values = None
+    if values is None:  # not the plain valid shape: pyrlp decides and names the problem
+        try:
+            header = decode_as(raw, Header, f"header {number}")
+        except DecodeError as exc:
+            raise SnapshotError(str(exc), file=file, check="headers") from exc
+        return int(header.number), header.parent_hash, header.state_root
+    return values[5], values[0], values[1]
+
+
 def write_state_file(
     path: str | os.PathLike[str],
     accounts: Iterable[AccountSource | PlainRun],
-    headers: Iterable[Header],
+    headers: Iterable[Header | bytes],
     *,
     genesis: Genesis,
     check_roots: bool = True,
@@ -681,7 +699,7 @@ def write_state_file(
     (or a :class:`PlainRun` of several plain accounts) ascending by address, where ``storage_pairs`` iterates the account's
     storage ascending by key and ``account.code_hash``/``abi_hash`` are
     keccak of ``code``/``abi``. ``headers`` yields headers 1..H chaining from
-    ``genesis``; H and the state root come from the last one. With
+    ``genesis`` (:class:`Header` objects or their RLP encodings); H and the state root come from the last one. With
     ``check_roots`` the writer rebuilds every storage root and the state root
     as it goes and refuses (:class:`StateRootMismatch`) to finish a file that
     would not verify. Raises :class:`SnapshotError`; the partial file is removed.
@@ -705,15 +723,21 @@ def write_state_file(
         prev_number, prev_hash = 0, genesis_header.hash
         state_root = genesis_header.state_root
         for header in headers:
-            number = int(header.number)
-            if number != prev_number + 1 or header.parent_hash != prev_hash:
+            if isinstance(header, bytes):  # a stored header's RLP: its fields without a Header object
+                header_rlp = header
+                number, parent_hash, header_root = _header_link(header_rlp, prev_number + 1, name)
+            else:
+                header_rlp = rlp.encode(header)
+                number, parent_hash, header_root = int(header.number), header.parent_hash, header.state_root
+            if number != prev_number + 1 or parent_hash != prev_hash:
                 raise HeaderChainBroken("headers must chain from genesis in ascending order", file=name,
                                         expected=(prev_number + 1, "0x" + prev_hash.hex()),
-                                        actual=(number, "0x" + header.parent_hash.hex()))
-            header_rlp = rlp.encode(header)
-            header_chunker.add(header_rlp, (encode_uint(prev_number), encode_bytes(prev_hash)))
+                                        actual=(number, "0x" + parent_hash.hex()))
+            prefix = ((encode_uint(prev_number), encode_bytes(prev_hash))
+                      if header_chunker.opens_chunk(len(header_rlp)) else ())
+            header_chunker.add(header_rlp, prefix)
             prev_number, prev_hash = number, keccak(header_rlp)
-            state_root = header.state_root
+            state_root = header_root
         header_chunker.flush()
         if check_roots and root != state_root:
             raise StateRootMismatch(f"the accounts do not hash to the state root of header {prev_number}",

@@ -283,6 +283,40 @@ def test_plain_run_stops_at_the_first_account_with_code_abi_or_storage() -> None
     assert run is not None and stop == 4 and run.pairs == pairs[2:]
 
 
+@pytest.mark.parametrize("limit", [700, 2000, CHUNK_PAYLOAD_LIMIT])
+def test_headers_given_as_their_rlp_write_the_same_file_as_header_objects(tmp_path: Path, limit: int) -> None:
+    c = build_chain(12, history_blocks=1, txs_per_block=0)
+    objects, raws = tmp_path / "obj_executor.rlp", tmp_path / "raw_executor.rlp"
+    m1 = write_state_file(objects, account_sources(c.specs), iter(c.headers), genesis=c.genesis,
+                          chunk_limit=limit, created_at=1, fsync=False)
+    mixed = [rlp.encode(h) if i % 3 else h for i, h in enumerate(c.headers)]
+    m2 = write_state_file(raws, account_sources(c.specs), iter(mixed), genesis=c.genesis, chunk_limit=limit,
+                          created_at=1, fsync=False)
+    assert m2 == m1 and len(m1.block_chunks) >= (2 if limit < 2000 else 1)
+    assert raws.read_bytes() == objects.read_bytes()
+
+
+def test_a_header_rlp_that_is_not_a_header_or_does_not_chain_is_refused(tmp_path: Path) -> None:
+    c = build_chain(3, history_blocks=1, txs_per_block=0)
+    path = tmp_path / "x_executor.rlp"
+    raws = [rlp.encode(h) for h in c.headers]
+    fields = rlp.decode(raws[1])
+    bad_shapes = {
+        "not RLP": raws[1][:-1],
+        "eleven fields": rlp.encode(fields[:11]),
+        "a short state root": rlp.encode(fields[:1] + [b"\x01" * 31] + fields[2:]),
+        "a non-canonical number": rlp.encode(fields[:5] + [b"\x00\x02"] + fields[6:]),
+    }
+    for what, raw in bad_shapes.items():
+        with pytest.raises(SnapshotError, match="header 2") as info:
+            write_state_file(path, account_sources(c.specs), iter([raws[0], raw, raws[2]]), genesis=c.genesis,
+                             fsync=False)
+        assert info.value.check == "headers", what
+    with pytest.raises(HeaderChainBroken):
+        write_state_file(path, account_sources(c.specs), iter([raws[0], raws[2]]), genesis=c.genesis, fsync=False)
+    assert not path.exists()
+
+
 # --------------------------------------------------------------------------- independent reader
 
 
