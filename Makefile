@@ -14,10 +14,10 @@ test:
 	bash scripts/test.sh
 
 lint: setup
-	.venv/bin/ruff check $(SRC) tests
+	.venv/bin/ruff check $(SRC) tests bench
 
 typecheck: setup
-	.venv/bin/mypy $(SRC)
+	.venv/bin/mypy $(SRC) bench
 
 proto:
 	bash scripts/gen_proto.sh

@@ -43,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -477,8 +478,11 @@ def table(results: list[dict[str, Any]]) -> str:
             ("blocks/s idle / exporting",
              lambda r: f"{r['rate_without_export']['blocks_per_s']:.2f} / "
                        f"{r['rate_during_export']['blocks_per_s']:.2f}")]
+    def target_cell(key: str) -> Callable[[dict[str, Any]], str]:
+        return lambda r: _fmt_target(r["derived"]["targets"][key])
+
     for key, (op, goal) in TARGETS.items():
-        rows.append((f"{key} ({op}{goal:g})", lambda r, k=key: _fmt_target(r["derived"]["targets"][k])))
+        rows.append((f"{key} ({op}{goal:g})", target_cell(key)))
     width = max(len(n) for n, _ in rows) + 2
     lines = ["| " + "metric".ljust(width) + " | " + " | ".join(f"{r['accounts']:>14,}" for r in results) + " |",
              "|" + "-" * (width + 2) + "|" + "|".join("-" * 16 for _ in results) + "|"]

@@ -382,7 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             a, b = cpu0.get(n), cpu1.get(n)
             cpu[n] = {"cpu_s": round(b - a, 2) if a is not None and b is not None else None,
                       "cpu_pct": round(100 * (b - a) / wall, 1) if a is not None and b is not None else None,
-                      "peak_rss_mib": round(hwm[n], 1) if hwm.get(n) else None}
+                      "peak_rss_mib": round(peak, 1) if (peak := hwm.get(n)) else None}
         bench_cpu = (self1.user - self0.user) + (self1.system - self0.system)
         cpu["bench(client)"] = {"cpu_s": round(bench_cpu, 2), "cpu_pct": round(100 * bench_cpu / wall, 1),
                                 "peak_rss_mib": None}
