@@ -10,9 +10,9 @@ contracts, ``accounts/10`` storage slots), and on that same node measures:
 
 * ``tar | zstd -3`` of the node's ``data`` directory (node stopped) and its unpacking;
 * with the node running: its block rate without an export (``--rate-window`` s),
-  then ``snapshot_tool -m snapshot`` (wall, CPU of tool + chain + executor,
-  file sizes, peak RSS of chain and executor sampled from ``/proc`` every
-  20 ms) and the block rate while exports run back to back for the same window;
+  then ``snapshot_tool -m snapshot`` (wall, CPU of the tool and of every
+  service, file sizes, peak RSS and private RSS of every service sampled from
+  ``/proc`` every 20 ms) and the block rate while exports run back to back for the same window;
 * ``snapshot_tool -m verify`` (wall, CPU);
 * ``snapshot_tool -m restore`` on the running node (full verification; wall,
   CPU, peak RSS), then that the node produces a block on top of it;
@@ -166,7 +166,7 @@ def service_pids(node_dir: Path) -> dict[str, int]:
     from pycita import node as nodelib
 
     st = nodelib.status(node_dir)
-    return {n: int(s["pid"]) for n, s in st["services"].items() if s.get("pid") and n in ("chain", "executor")}
+    return {n: int(s["pid"]) for n, s in st["services"].items() if s.get("pid")}
 
 
 def height(node_dir: Path) -> int:
@@ -411,6 +411,15 @@ def bench_size(accounts: int, blocks: int, args: argparse.Namespace, work: Path)
     return res
 
 
+def _others_peak(step: dict[str, Any]) -> str:
+    """The largest peak RSS of the services other than chain and executor during ``step``, with its name."""
+    others = {n: v for n, v in step.get("peak_rss_mib", {}).items() if n not in ("chain", "executor")}
+    if not others:
+        return "-"
+    name = max(others, key=lambda n: others[n])
+    return f"{others[name]} ({name})"
+
+
 def _vm_hwm(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -475,6 +484,8 @@ def table(results: list[dict[str, Any]]) -> str:
             ("peak private RSS executor exp/rest MiB",
              lambda r: f"{r['snapshot'].get('peak_rss_anon_mib', {}).get('executor')} / "
                        f"{r['restore'].get('peak_rss_anon_mib', {}).get('executor')}"),
+            ("peak RSS other services exp/rest MiB",
+             lambda r: f"{_others_peak(r['snapshot'])} / {_others_peak(r['restore'])}"),
             ("blocks/s idle / exporting",
              lambda r: f"{r['rate_without_export']['blocks_per_s']:.2f} / "
                        f"{r['rate_during_export']['blocks_per_s']:.2f}")]
