@@ -126,7 +126,6 @@ EXECUTOR_INFORMATIONAL_FIELDS: Final[dict[int, str]] = {9: "created_at"}
 _PIECE_SLACK: Final[int] = 16  # room for the chunk's own list header
 
 
-
 class PlainRun(NamedTuple):
     """Consecutive accounts with no code, ABI or storage, as an export reads them from the state trie.
 
@@ -174,11 +173,10 @@ def plain_fats_python(pairs: list[tuple[bytes, bytes]], start: int, prev: bytes 
             break
         if tuple(items[2:]) != _BLANK_HASHES:
             break
-        fats.append(encode_list([encode_bytes(address), encode_list([encode_bytes(nonce) + encode_bytes(balance),
-                                                                     _EMPTY_BLOB + _EMPTY_BLOB, encode_list([])])]))
+        fats.append(_plain_fat_python(address, int.from_bytes(nonce, "big"), int.from_bytes(balance, "big")))
         last = address
     else:
-        i = max(i, len(pairs))
+        i = max(first, len(pairs))
     return fats, i
 
 
@@ -548,6 +546,11 @@ def _plain_fat(address: bytes, nonce: int, balance: int) -> bytes:
     """The fat RLP of an account with no code, ABI or storage."""
     if _native is not None and nonce < 1 << 64 and balance < 1 << 64:
         return _native.rlp_encode([address, [nonce, balance, 0, b"", 0, b"", []]])
+    return _plain_fat_python(address, nonce, balance)
+
+
+def _plain_fat_python(address: bytes, nonce: int, balance: int) -> bytes:
+    """:func:`_plain_fat` without the native encoder (also the reference of ``_native.plain_fats``)."""
     return encode_list([encode_bytes(address), encode_list([encode_uint(nonce) + encode_uint(balance),
                                                             _EMPTY_BLOB + _EMPTY_BLOB, encode_list([])])])
 
